@@ -1,0 +1,290 @@
+// Package sqlstore implements overlay.Store on database/sql, for SQLite (the
+// embedded default, a file in the data directory) and PostgreSQL (many
+// nodes). The SQL is shared; the few dialect differences sit in dialect.
+package sqlstore
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers driver "pgx"
+	_ "modernc.org/sqlite"             // registers driver "sqlite"
+
+	"github.com/vitrine-live/vitrine/overlay"
+)
+
+//go:embed migrations/*.sql
+var migrationFiles embed.FS
+
+// dialect holds what differs between SQLite and PostgreSQL. Everything else
+// is one SQL text: both accept $N placeholders, ON CONFLICT, RETURNING,
+// SAVEPOINT and partial indexes.
+type dialect struct {
+	name string
+	// skipLocked ends the row selection of ClaimEvents. PostgreSQL lets
+	// workers on several nodes claim disjoint events without waiting on each
+	// other; SQLite has a single writer, so there is nothing to skip.
+	skipLocked string
+	// migrationLock serialises schema migrations of nodes starting together;
+	// SQLite's BEGIN IMMEDIATE already does.
+	migrationLock string
+}
+
+var _ overlay.Store = (*Store)(nil)
+
+// Store is an overlay.Store on SQLite or PostgreSQL.
+type Store struct {
+	d dialect
+	// write runs every transaction that changes data. For SQLite it holds a
+	// single connection whose transactions start with BEGIN IMMEDIATE: writers
+	// queue in Go instead of failing with SQLITE_BUSY (see BENCHMARKS.txt).
+	// For PostgreSQL it is the same pool as read.
+	write *sql.DB
+	// read serves queries outside transactions; with SQLite's WAL they run
+	// beside the writer.
+	read *sql.DB
+}
+
+// PoolSize is how many PostgreSQL connections a Store opens at most. Buys of
+// one product queue on its row lock anyway, so more connections only add
+// contention.
+const PoolSize = 16
+
+// Open opens the store named by dsnOrPath and applies pending migrations. A
+// postgres:// or postgresql:// URL selects PostgreSQL; anything else is the
+// path of a SQLite file, created if missing.
+func Open(ctx context.Context, dsnOrPath string) (*Store, error) {
+	if strings.HasPrefix(dsnOrPath, "postgres://") || strings.HasPrefix(dsnOrPath, "postgresql://") {
+		return openPostgres(ctx, dsnOrPath)
+	}
+	return openSQLite(ctx, dsnOrPath)
+}
+
+func openPostgres(ctx context.Context, dsn string) (*Store, error) {
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: open postgres: %w", err)
+	}
+	db.SetMaxOpenConns(PoolSize)
+	db.SetMaxIdleConns(PoolSize)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	s := &Store{
+		d: dialect{
+			name:          "postgres",
+			skipLocked:    "FOR UPDATE SKIP LOCKED",
+			migrationLock: "SELECT pg_advisory_xact_lock(7316482901)",
+		},
+		write: db,
+		read:  db,
+	}
+	if err := s.start(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// SQLite settings, applied by the driver to every connection:
+//   - WAL: readers never block the writer nor the writer them.
+//   - synchronous=FULL: the WAL is fsynced at every commit. NORMAL would
+//     already survive kill -9 (committed pages sit in the OS cache), but a
+//     power cut or kernel crash could then lose the last commits; a
+//     confirmed order is money, so we pay one fsync per commit.
+//   - busy_timeout: a reader that meets a checkpoint waits instead of failing.
+//   - _txlock=immediate (writer only): a transaction takes the write lock at
+//     BEGIN, so it can never fail half-way on a lock upgrade.
+const sqlitePragmas = "_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)"
+
+func openSQLite(ctx context.Context, path string) (*Store, error) {
+	if path == "" || strings.ContainsAny(path, "?#") {
+		return nil, fmt.Errorf("sqlstore: bad SQLite path %q", path)
+	}
+	name := "file:" + (&url.URL{Path: path}).EscapedPath()
+	write, err := sql.Open("sqlite", name+"?"+sqlitePragmas+"&_txlock=immediate")
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: open sqlite: %w", err)
+	}
+	write.SetMaxOpenConns(1)
+	write.SetMaxIdleConns(1)
+	write.SetConnMaxIdleTime(0)
+	// The writer connects first so the file is in WAL mode before readers
+	// open it.
+	if err := write.PingContext(ctx); err != nil {
+		write.Close()
+		return nil, fmt.Errorf("sqlstore: open sqlite %s: %w", path, err)
+	}
+	read, err := sql.Open("sqlite", name+"?"+sqlitePragmas+"&_pragma=query_only(1)")
+	if err != nil {
+		write.Close()
+		return nil, fmt.Errorf("sqlstore: open sqlite: %w", err)
+	}
+	read.SetMaxOpenConns(4)
+	read.SetMaxIdleConns(4)
+	s := &Store{d: dialect{name: "sqlite"}, write: write, read: read}
+	if err := s.start(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) start(ctx context.Context) error {
+	if err := s.write.PingContext(ctx); err != nil {
+		return fmt.Errorf("sqlstore: connect %s: %w", s.d.name, err)
+	}
+	if err := s.migrate(ctx); err != nil {
+		return fmt.Errorf("sqlstore: migrate %s: %w", s.d.name, err)
+	}
+	return nil
+}
+
+// Close closes the store's connections.
+func (s *Store) Close() error {
+	err := s.write.Close()
+	if s.read != s.write {
+		err = errors.Join(err, s.read.Close())
+	}
+	return err
+}
+
+// Dialect is "sqlite" or "postgres".
+func (s *Store) Dialect() string { return s.d.name }
+
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+// migrations lists the embedded files named NNNN_what.sql by version.
+func migrations() ([]migration, error) {
+	entries, err := fs.ReadDir(migrationFiles, "migrations")
+	if err != nil {
+		return nil, err
+	}
+	var ms []migration
+	for _, e := range entries {
+		num, _, ok := strings.Cut(e.Name(), "_")
+		v, err := strconv.Atoi(num)
+		if !ok || err != nil || v < 1 {
+			return nil, fmt.Errorf("migration file %q: name must start with a version number and '_'", e.Name())
+		}
+		body, err := fs.ReadFile(migrationFiles, "migrations/"+e.Name())
+		if err != nil {
+			return nil, err
+		}
+		ms = append(ms, migration{version: v, name: e.Name(), sql: string(body)})
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].version < ms[j].version })
+	for i := 1; i < len(ms); i++ {
+		if ms[i].version == ms[i-1].version {
+			return nil, fmt.Errorf("migrations %q and %q share version %d", ms[i-1].name, ms[i].name, ms[i].version)
+		}
+	}
+	return ms, nil
+}
+
+// migrate applies, in one transaction, every embedded migration newer than
+// the database's version, and records each in schema_migrations.
+func (s *Store) migrate(ctx context.Context) error {
+	ms, err := migrations()
+	if err != nil {
+		return err
+	}
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		if s.d.migrationLock != "" {
+			if _, err := tx.ExecContext(ctx, s.d.migrationLock); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+			version    BIGINT PRIMARY KEY,
+			name       TEXT NOT NULL,
+			applied_at BIGINT NOT NULL)`); err != nil {
+			return err
+		}
+		var current int
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
+			return err
+		}
+		if len(ms) > 0 && current > ms[len(ms)-1].version {
+			return fmt.Errorf("database schema version %d is newer than this binary's %d", current, ms[len(ms)-1].version)
+		}
+		for _, m := range ms {
+			if m.version <= current {
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, m.sql); err != nil {
+				return fmt.Errorf("%s: %w", m.name, err)
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)`,
+				m.version, m.name, time.Now().UnixMicro()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// inTx runs fn in a write transaction and commits when fn returns nil.
+func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.write.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		return errors.Join(err, ignoreDone(tx.Rollback()))
+	}
+	return tx.Commit()
+}
+
+func ignoreDone(err error) error {
+	if errors.Is(err, sql.ErrTxDone) {
+		return nil
+	}
+	return err
+}
+
+// execer is what *sql.DB and *sql.Tx share.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// execN runs a statement and returns how many rows it changed: the answer of
+// every conditional update.
+func execN(ctx context.Context, q execer, query string, args ...any) (int64, error) {
+	res, err := q.ExecContext(ctx, query, args...)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+func newID(prefix string) string { return prefix + strings.ToLower(rand.Text()) }
+
+// micros stores a time; 0 stands for the zero time.
+func micros(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMicro()
+}
+
+func fromMicros(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMicro(v).UTC()
+}
