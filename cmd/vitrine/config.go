@@ -1,0 +1,132 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vitrine-live/vitrine/signaling"
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is everything Vitrine reads at start. Precedence, lowest first:
+// built-in defaults, the YAML file (-config), environment variables, flags.
+// configs/vitrine.yaml is the annotated example.
+type Config struct {
+	HTTP       string `yaml:"http"`
+	Data       string `yaml:"data"`
+	PublicURL  string `yaml:"public_url"`
+	AdminToken string `yaml:"admin_token"`
+
+	WebRTC struct {
+		ListenIP        string                `yaml:"listen_ip"`
+		UDPPort         int                   `yaml:"udp_port"`
+		TCPPort         int                   `yaml:"tcp_port"`
+		NAT1To1IPs      []string              `yaml:"nat_1to1_ips"`
+		IncludeLoopback bool                  `yaml:"include_loopback"`
+		SocketBuffer    int                   `yaml:"socket_buffer"`
+		ICEServers      []signaling.ICEServer `yaml:"ice_servers"`
+	} `yaml:"webrtc"`
+
+	Streams struct {
+		Grace            time.Duration `yaml:"grace"`
+		KeyframeInterval time.Duration `yaml:"keyframe_interval"`
+		StaleAfter       time.Duration `yaml:"stale_after"`
+		Takeover         bool          `yaml:"takeover"`
+	} `yaml:"streams"`
+
+	CORS struct {
+		AllowOrigins []string `yaml:"allow_origins"`
+	} `yaml:"cors"`
+
+	Demo struct {
+		Enabled bool   `yaml:"enabled"`
+		Key     string `yaml:"key"`
+	} `yaml:"demo"`
+
+	Log struct {
+		Level  string `yaml:"level"`
+		Format string `yaml:"format"`
+	} `yaml:"log"`
+}
+
+func defaultConfig() Config {
+	var c Config
+	c.HTTP = ":8080"
+	c.Data = "./data"
+	c.WebRTC.UDPPort = 8189
+	c.WebRTC.IncludeLoopback = true
+	c.WebRTC.SocketBuffer = 4 << 20
+	c.Streams.Grace = 10 * time.Second
+	c.Streams.KeyframeInterval = 500 * time.Millisecond
+	c.Streams.StaleAfter = 3 * time.Second
+	c.CORS.AllowOrigins = []string{"*"}
+	c.Demo.Enabled = true
+	c.Log.Level = "info"
+	c.Log.Format = "text"
+	return c
+}
+
+// loadConfig applies the file, the environment and the flags in args.
+func loadConfig(args []string, getenv func(string) string) (Config, error) {
+	c := defaultConfig()
+	fs := flag.NewFlagSet("vitrine serve", flag.ContinueOnError)
+	configPath := fs.String("config", getenv("VITRINE_CONFIG"), "YAML config file (env VITRINE_CONFIG)")
+	httpAddr := fs.String("http", "", "HTTP listen address (default :8080; env VITRINE_HTTP)")
+	data := fs.String("data", "", "data directory (default ./data; env VITRINE_DATA)")
+	udpPort := fs.Int("udp-port", -1, "UDP port for all WebRTC media (default 8189; env VITRINE_UDP_PORT)")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if *configPath != "" {
+		raw, err := os.ReadFile(*configPath)
+		if err != nil {
+			return c, fmt.Errorf("config: %w", err)
+		}
+		dec := yaml.NewDecoder(strings.NewReader(string(raw)))
+		dec.KnownFields(true)
+		if err := dec.Decode(&c); err != nil {
+			return c, fmt.Errorf("config %s: %w", *configPath, err)
+		}
+	}
+	envString := func(name string, dst *string) {
+		if v := getenv(name); v != "" {
+			*dst = v
+		}
+	}
+	envString("VITRINE_HTTP", &c.HTTP)
+	envString("VITRINE_DATA", &c.Data)
+	envString("VITRINE_PUBLIC_URL", &c.PublicURL)
+	envString("VITRINE_ADMIN_TOKEN", &c.AdminToken)
+	envString("VITRINE_DEMO_KEY", &c.Demo.Key)
+	envString("VITRINE_LOG_LEVEL", &c.Log.Level)
+	if v := getenv("VITRINE_UDP_PORT"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return c, fmt.Errorf("VITRINE_UDP_PORT: %q is not a port number", v)
+		}
+		c.WebRTC.UDPPort = n
+	}
+	if v := getenv("VITRINE_NAT_1TO1_IPS"); v != "" {
+		c.WebRTC.NAT1To1IPs = strings.Split(v, ",")
+	}
+	if *httpAddr != "" {
+		c.HTTP = *httpAddr
+	}
+	if *data != "" {
+		c.Data = *data
+	}
+	if *udpPort >= 0 {
+		c.WebRTC.UDPPort = *udpPort
+	}
+	if c.WebRTC.UDPPort < 0 || c.WebRTC.UDPPort > 65535 {
+		return c, fmt.Errorf("udp port %d out of range", c.WebRTC.UDPPort)
+	}
+	return c, nil
+}

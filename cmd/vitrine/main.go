@@ -1,0 +1,241 @@
+// Command vitrine is the one Vitrine binary: `vitrine` (or `vitrine serve`)
+// runs the server on embedded defaults or a config file; `vitrine version`
+// prints the build.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/vitrine-live/vitrine/media"
+	"github.com/vitrine-live/vitrine/signaling"
+	"github.com/vitrine-live/vitrine/web"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	args := os.Args[1:]
+	cmd := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	var err error
+	switch cmd {
+	case "serve":
+		err = serve(args)
+	case "version":
+		fmt.Println("vitrine", version, commit())
+	default:
+		fmt.Fprintf(os.Stderr, "vitrine: unknown command %q (commands: serve, version)\n", cmd)
+		os.Exit(2)
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vitrine:", err)
+		os.Exit(1)
+	}
+}
+
+func serve(args []string) error {
+	cfg, err := loadConfig(args, os.Getenv)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	a, err := start(cfg, os.Stderr)
+	if err != nil {
+		return err
+	}
+	a.printWelcome(os.Stdout)
+	<-ctx.Done()
+	a.log.Info("shutting down")
+	return a.Close()
+}
+
+// app is a running Vitrine: what serve starts and tests drive.
+type app struct {
+	cfg      Config
+	log      *slog.Logger
+	rtc      *media.WebRTC
+	streams  *signaling.Streams
+	edge     *signaling.Server
+	http     *http.Server
+	listener net.Listener
+	demo     signaling.StreamDef
+	tokenGen bool
+}
+
+func start(cfg Config, logOut io.Writer) (*app, error) {
+	log := newLogger(cfg, logOut)
+	a := &app{cfg: cfg, log: log}
+	if a.cfg.AdminToken == "" {
+		a.cfg.AdminToken = signaling.NewKey()
+		a.tokenGen = true
+	}
+	if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "vitrine_build_info", Help: "Always 1; labels give the version and commit."}, []string{"version", "commit"})
+	buildInfo.WithLabelValues(version, commit()).Set(1)
+	reg.MustRegister(buildInfo)
+	mm := media.NewMetrics(reg)
+
+	rtc, err := media.NewWebRTC(media.WebRTCConfig{
+		ListenIP:        cfg.WebRTC.ListenIP,
+		UDPPort:         cfg.WebRTC.UDPPort,
+		TCPPort:         cfg.WebRTC.TCPPort,
+		NAT1To1IPs:      cfg.WebRTC.NAT1To1IPs,
+		IncludeLoopback: cfg.WebRTC.IncludeLoopback,
+		SocketBuffer:    cfg.WebRTC.SocketBuffer,
+	}, mm, log)
+	if err != nil {
+		return nil, err
+	}
+	a.rtc = rtc
+	opts := media.StreamOptions{Grace: cfg.Streams.Grace, KeyframeInterval: cfg.Streams.KeyframeInterval, StaleAfter: cfg.Streams.StaleAfter}
+	a.streams, err = signaling.OpenStreams(filepath.Join(cfg.Data, "streams.json"), func(name string) *media.Stream {
+		return media.NewStream(name, opts, mm, log)
+	})
+	if err != nil {
+		rtc.Close()
+		return nil, err
+	}
+	if cfg.Demo.Enabled {
+		if err := a.ensureDemo(); err != nil {
+			a.streams.Close()
+			rtc.Close()
+			return nil, err
+		}
+	}
+
+	a.edge = signaling.New(signaling.Config{
+		AdminToken:   a.cfg.AdminToken,
+		AllowOrigins: cfg.CORS.AllowOrigins,
+		ICEServers:   cfg.WebRTC.ICEServers,
+		Takeover:     cfg.Streams.Takeover,
+		Version:      version,
+		Commit:       commit(),
+	}, rtc, a.streams, reg, reg, log)
+
+	a.listener, err = net.Listen("tcp", cfg.HTTP)
+	if err != nil {
+		a.streams.Close()
+		rtc.Close()
+		return nil, fmt.Errorf("http: %w", err)
+	}
+	a.http = &http.Server{
+		Handler:           a.edge.Handler(web.Mount),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+	go func() {
+		if err := a.http.Serve(a.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server stopped", "err", err)
+		}
+	}()
+	a.edge.SetReady(true)
+	log.Info("vitrine started", "http", a.listener.Addr().String(), "udp", rtc.UDPAddr().String(), "version", version)
+	return a, nil
+}
+
+// ensureDemo creates the demo stream on first start, and gives it the key
+// from VITRINE_DEMO_KEY when one is set.
+func (a *app) ensureDemo() error {
+	def, _, ok := a.streams.Get("demo")
+	var err error
+	switch {
+	case !ok:
+		def, err = a.streams.Create("demo", a.cfg.Demo.Key)
+	case a.cfg.Demo.Key != "" && !def.CheckKey(a.cfg.Demo.Key):
+		def, err = a.streams.SetKey("demo", a.cfg.Demo.Key)
+	}
+	if err != nil {
+		return fmt.Errorf("demo stream: %w", err)
+	}
+	a.demo = def
+	return nil
+}
+
+// baseURL is how people reach the server: the configured public URL, or
+// localhost on the HTTP port.
+func (a *app) baseURL() string {
+	if a.cfg.PublicURL != "" {
+		return strings.TrimRight(a.cfg.PublicURL, "/")
+	}
+	_, port, _ := net.SplitHostPort(a.listener.Addr().String())
+	return "http://localhost:" + port
+}
+
+func (a *app) printWelcome(w io.Writer) {
+	base := a.baseURL()
+	fmt.Fprintf(w, "\nVitrine %s is running.\n\n", version)
+	if a.demo.Name != "" {
+		fmt.Fprintf(w, "  Studio (go live from a browser): %s/studio?stream=demo\n", base)
+		fmt.Fprintf(w, "  Watch page:                      %s/watch/demo\n", base)
+		fmt.Fprintf(w, "  Stream key of 'demo':            %s\n", a.demo.Key)
+		fmt.Fprintf(w, "  OBS (Settings > Stream > WHIP):  server %s/whip/demo  bearer token %s\n", base, a.demo.Key)
+		fmt.Fprintf(w, "  WHEP playback URL:               %s/whep/demo\n", base)
+	}
+	if a.tokenGen {
+		fmt.Fprintf(w, "  Admin token (generated; set VITRINE_ADMIN_TOKEN to keep one): %s\n", a.cfg.AdminToken)
+	}
+	fmt.Fprintf(w, "  REST API: %s/api/v1/streams   metrics: %s/metrics\n\n", base, base)
+}
+
+// Close shuts down gracefully: stop taking requests, end sessions, close
+// sockets.
+func (a *app) Close() error {
+	a.edge.SetReady(false)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := a.http.Shutdown(ctx)
+	a.streams.Close()
+	return errors.Join(err, a.rtc.Close())
+}
+
+func newLogger(cfg Config, out io.Writer) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.Log.Level)); err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(out, opts))
+	}
+	return slog.New(slog.NewTextHandler(out, opts))
+}
+
+func commit() string {
+	if info, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" {
+				return s.Value
+			}
+		}
+	}
+	return "unknown"
+}

@@ -1,0 +1,280 @@
+package media
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/rtcp"
+	"github.com/pion/rtp"
+	"github.com/pion/webrtc/v4"
+)
+
+// DownTrack is one viewer's copy of a track. It implements webrtc.TrackLocal:
+// pion binds it to the viewer's RTP sender, and the track's shard writes each
+// packet to it with the viewer's SSRC and payload type. Sequence numbers and
+// timestamps are the track's, which are continuous across creator reconnects,
+// so a viewer never renegotiates.
+type DownTrack struct {
+	track    *Track
+	id       string
+	streamID string
+	joined   time.Time
+	sendRTCP func([]rtcp.Packet) error
+
+	bound  atomic.Bool
+	ssrc   uint32
+	pt     uint8
+	rtxSSR uint32
+	rtxPT  uint8
+	codec  Codec
+	writer webrtc.TrackLocalWriter
+
+	// Owned by the shard goroutine.
+	hdr          rtp.Header
+	epoch        uint32
+	needKeyframe bool
+	started      bool
+	mismatch     bool
+
+	// Owned by the RTCP goroutine.
+	rtxSeq uint16
+	rtxHdr rtp.Header
+	rtxBuf [maxPayload + 2]byte
+
+	packets atomic.Uint32 // for Sender Reports
+	octets  atomic.Uint32
+	lost    atomic.Uint32 // fraction lost (0-255) from the viewer's last Receiver Report
+
+	onCodecMismatch func()
+}
+
+func newDownTrack(t *Track, id, streamID string, sendRTCP func([]rtcp.Packet) error, onCodecMismatch func()) *DownTrack {
+	return &DownTrack{
+		track:           t,
+		id:              id,
+		streamID:        streamID,
+		joined:          time.Now(),
+		sendRTCP:        sendRTCP,
+		needKeyframe:    t.kind == Video,
+		onCodecMismatch: onCodecMismatch,
+	}
+}
+
+// ID is the track id in the viewer's SDP.
+func (d *DownTrack) ID() string { return d.id }
+
+// RID is empty: a viewer gets one layer.
+func (d *DownTrack) RID() string { return "" }
+
+// StreamID is the media stream id in the viewer's SDP.
+func (d *DownTrack) StreamID() string { return d.streamID }
+
+// Kind is audio or video.
+func (d *DownTrack) Kind() webrtc.RTPCodecType {
+	if d.track.kind == Audio {
+		return webrtc.RTPCodecTypeAudio
+	}
+	return webrtc.RTPCodecTypeVideo
+}
+
+var errNoCodec = errors.New("media: viewer cannot decode the stream's codec")
+
+// Bind picks, among the codecs the viewer negotiated, the one the track
+// carries.
+func (d *DownTrack) Bind(ctx webrtc.TrackLocalContext) (webrtc.RTPCodecParameters, error) {
+	want := d.track.Codec()
+	codecs := ctx.CodecParameters()
+	chosen, ok := pickCodec(want, codecs)
+	if !ok {
+		return webrtc.RTPCodecParameters{}, fmt.Errorf("%w (%s)", errNoCodec, want.MimeType)
+	}
+	d.ssrc = uint32(ctx.SSRC())
+	d.pt = uint8(chosen.PayloadType)
+	d.codec = Codec{MimeType: chosen.MimeType, ClockRate: chosen.ClockRate, Channels: chosen.Channels, Fmtp: chosen.SDPFmtpLine}
+	d.writer = ctx.WriteStream()
+	if rtx := uint32(ctx.SSRCRetransmission()); rtx != 0 {
+		for _, c := range codecs {
+			if strings.EqualFold(c.MimeType, webrtc.MimeTypeRTX) && c.SDPFmtpLine == fmt.Sprintf("apt=%d", chosen.PayloadType) {
+				d.rtxSSR, d.rtxPT = rtx, uint8(c.PayloadType)
+			}
+		}
+	}
+	d.bound.Store(true)
+	return chosen, nil
+}
+
+// pickCodec prefers the exact format (H.264 profile included), then any the
+// viewer can decode.
+func pickCodec(want Codec, codecs []webrtc.RTPCodecParameters) (webrtc.RTPCodecParameters, bool) {
+	var fallback *webrtc.RTPCodecParameters
+	for i, c := range codecs {
+		have := Codec{MimeType: c.MimeType, Fmtp: c.SDPFmtpLine}
+		if !have.SameFormat(want) {
+			continue
+		}
+		if fmtpValue(c.SDPFmtpLine, "profile-level-id") == fmtpValue(want.Fmtp, "profile-level-id") {
+			return c, true
+		}
+		if fallback == nil {
+			fallback = &codecs[i]
+		}
+	}
+	if fallback != nil {
+		return *fallback, true
+	}
+	return webrtc.RTPCodecParameters{}, false
+}
+
+// Unbind stops writes to the viewer.
+func (d *DownTrack) Unbind(webrtc.TrackLocalContext) error {
+	d.bound.Store(false)
+	return nil
+}
+
+// writePacket runs on the track's shard goroutine, once per packet per
+// viewer: it must not allocate or block. It reports whether it sent p.
+func (d *DownTrack) writePacket(p *Packet) bool {
+	if !d.bound.Load() || d.mismatch {
+		return false
+	}
+	if p.Epoch != d.epoch {
+		// A new source: its codec may differ, and the decoder needs a
+		// keyframe from it before anything else.
+		d.epoch = p.Epoch
+		d.needKeyframe = d.track.kind == Video
+		if c := d.track.Codec(); !d.codec.SameFormat(c) {
+			d.mismatch = true
+			if d.onCodecMismatch != nil {
+				go d.onCodecMismatch()
+			}
+			return false
+		}
+	}
+	if d.needKeyframe {
+		if !p.Keyframe {
+			return false
+		}
+		d.needKeyframe = false
+	}
+	if !d.started {
+		d.started = true
+		d.track.metrics.JoinSeconds.WithLabelValues(d.track.kind.String()).Observe(time.Since(d.joined).Seconds())
+	}
+	d.hdr = p.Header
+	d.hdr.SSRC = d.ssrc
+	d.hdr.PayloadType = d.pt
+	if _, err := d.writer.WriteRTP(&d.hdr, p.Payload); err != nil {
+		d.track.metrics.dropped(d.track.kind, "write_error")
+		return false
+	}
+	d.packets.Add(1)
+	d.octets.Add(uint32(len(p.Payload)))
+	return true
+}
+
+// readRTCP serves the viewer's feedback for this track until the sender is
+// closed: keyframe requests go to the creator (throttled by the track), NACKs
+// are answered from the track's shared packet cache.
+func (d *DownTrack) readRTCP(sender *webrtc.RTPSender) {
+	buf := make([]byte, 1500)
+	for {
+		n, _, err := sender.Read(buf)
+		if err != nil {
+			return
+		}
+		pkts, err := rtcp.Unmarshal(buf[:n])
+		if err != nil {
+			d.track.metrics.BadRTCP.Inc()
+			continue
+		}
+		for _, pkt := range pkts {
+			switch pkt := pkt.(type) {
+			case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
+				d.track.metrics.PLIs.Inc()
+				d.track.RequestKeyframe()
+			case *rtcp.TransportLayerNack:
+				for _, pair := range pkt.Nacks {
+					for _, seq := range pair.PacketList() {
+						d.retransmit(seq)
+					}
+				}
+			case *rtcp.ReceiverReport:
+				for _, r := range pkt.Reports {
+					if r.SSRC == d.ssrc {
+						d.lost.Store(uint32(r.FractionLost))
+					}
+				}
+			}
+		}
+	}
+}
+
+func (d *DownTrack) retransmit(seq uint16) {
+	m := d.track.metrics
+	m.NACKs.Inc()
+	if !d.bound.Load() {
+		return
+	}
+	p := d.track.cache.get(seq)
+	if p == nil {
+		m.Retransmits.WithLabelValues("miss").Inc()
+		return
+	}
+	defer p.release()
+	var err error
+	if d.rtxSSR != 0 {
+		// RFC 4588: the original sequence number, then the payload.
+		d.rtxHdr = p.Header
+		d.rtxHdr.SSRC, d.rtxHdr.PayloadType, d.rtxHdr.SequenceNumber = d.rtxSSR, d.rtxPT, d.rtxSeq
+		d.rtxHdr.Padding, d.rtxHdr.PaddingSize = false, 0
+		d.rtxSeq++
+		d.rtxBuf[0], d.rtxBuf[1] = byte(seq>>8), byte(seq)
+		n := copy(d.rtxBuf[2:], p.Payload)
+		_, err = d.writer.WriteRTP(&d.rtxHdr, d.rtxBuf[:2+n])
+	} else {
+		d.rtxHdr = p.Header
+		d.rtxHdr.SSRC, d.rtxHdr.PayloadType = d.ssrc, d.pt
+		_, err = d.writer.WriteRTP(&d.rtxHdr, p.Payload)
+	}
+	if err != nil {
+		m.Retransmits.WithLabelValues("error").Inc()
+		return
+	}
+	m.Retransmits.WithLabelValues("sent").Inc()
+}
+
+// senderReport describes what this down-track has sent, for lip sync and for
+// the viewer's statistics. Nil before the first packet.
+func (d *DownTrack) senderReport(now time.Time, rtpTime uint32) *rtcp.SenderReport {
+	if !d.bound.Load() || d.packets.Load() == 0 {
+		return nil
+	}
+	return &rtcp.SenderReport{
+		SSRC:        d.ssrc,
+		NTPTime:     ntpTime(now),
+		RTPTime:     rtpTime,
+		PacketCount: d.packets.Load(),
+		OctetCount:  d.octets.Load(),
+	}
+}
+
+// ntpTime converts to the 64-bit NTP format of RTCP (seconds since 1900 in
+// the high 32 bits, fraction in the low 32).
+func ntpTime(t time.Time) uint64 {
+	const ntpEpochOffset = 2208988800
+	nanos := uint64(t.UnixNano())
+	secs := nanos/1e9 + ntpEpochOffset
+	frac := (nanos % 1e9) << 32 / 1e9
+	return secs<<32 | frac
+}
+
+// ntpToTime is the inverse of ntpTime.
+func ntpToTime(ntp uint64) time.Time {
+	const ntpEpochOffset = 2208988800
+	secs := int64(ntp>>32) - ntpEpochOffset
+	frac := int64(ntp&0xffffffff) * 1e9 >> 32
+	return time.Unix(secs, frac)
+}

@@ -1,0 +1,92 @@
+package media
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the SFU's Prometheus collectors. They are registered on the
+// registry handed to NewMetrics; nothing here is global.
+type Metrics struct {
+	StreamsLive      prometheus.Gauge
+	Viewers          *prometheus.GaugeVec
+	PacketsIn        *prometheus.CounterVec
+	BytesIn          *prometheus.CounterVec
+	PacketsOut       *prometheus.CounterVec
+	BytesOut         *prometheus.CounterVec
+	Dropped          *prometheus.CounterVec
+	NACKs            prometheus.Counter
+	Retransmits      *prometheus.CounterVec
+	PLIs             prometheus.Counter
+	KeyframeRequests prometheus.Counter
+	BadRTCP          prometheus.Counter
+	JoinSeconds      *prometheus.HistogramVec
+	Publishers       *prometheus.CounterVec
+
+	// Children resolved once, so the hot path does no label lookups.
+	packetsIn, bytesIn, packetsOut, bytesOut [2]prometheus.Counter
+}
+
+// NewMetrics creates the collectors and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	kinds := []string{"kind"}
+	m := &Metrics{
+		StreamsLive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vitrine_streams_live", Help: "Streams whose creator is connected and sending."}),
+		Viewers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vitrine_viewers", Help: "Viewers connected, by stream and egress protocol."}, []string{"stream", "protocol"}),
+		PacketsIn: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_ingest_packets_total", Help: "RTP packets received from creators."}, kinds),
+		BytesIn: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_ingest_bytes_total", Help: "RTP payload bytes received from creators."}, kinds),
+		PacketsOut: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_egress_packets_total", Help: "RTP packets sent to viewers (one per packet per viewer)."}, kinds),
+		BytesOut: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_egress_bytes_total", Help: "RTP payload bytes sent to viewers."}, kinds),
+		Dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_dropped_packets_total",
+			Help: "Packets not delivered: oversize at ingest, a viewer shard behind, a write error."}, []string{"kind", "reason"}),
+		NACKs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vitrine_nacks_received_total", Help: "Lost packets viewers asked to be resent (NACKed sequence numbers)."}),
+		Retransmits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_retransmits_total", Help: "Answers to NACKs: sent from the packet cache, miss (too old), error."}, []string{"result"}),
+		PLIs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vitrine_plis_received_total", Help: "Keyframe requests (PLI/FIR) received from viewers."}),
+		KeyframeRequests: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vitrine_keyframe_requests_total", Help: "Keyframe requests sent to creators after throttling."}),
+		BadRTCP: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vitrine_rtcp_malformed_total", Help: "RTCP packets that could not be parsed."}),
+		JoinSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "vitrine_join_seconds",
+			Help:    "Time from a viewer's offer to the first packet sent to it (for video: the first keyframe).",
+			Buckets: []float64{.05, .1, .15, .25, .5, .75, 1, 2, 4, 8, 15}}, kinds),
+		Publishers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_publish_sessions_total", Help: "Creator sessions started, by ingest protocol."}, []string{"protocol"}),
+	}
+	reg.MustRegister(m.StreamsLive, m.Viewers, m.PacketsIn, m.BytesIn, m.PacketsOut, m.BytesOut, m.Dropped,
+		m.NACKs, m.Retransmits, m.PLIs, m.KeyframeRequests, m.BadRTCP, m.JoinSeconds, m.Publishers)
+	for _, k := range []Kind{Video, Audio} {
+		m.packetsIn[k] = m.PacketsIn.WithLabelValues(k.String())
+		m.bytesIn[k] = m.BytesIn.WithLabelValues(k.String())
+		m.packetsOut[k] = m.PacketsOut.WithLabelValues(k.String())
+		m.bytesOut[k] = m.BytesOut.WithLabelValues(k.String())
+	}
+	return m
+}
+
+func (m *Metrics) ingested(k Kind, payload int) {
+	m.packetsIn[k].Inc()
+	m.bytesIn[k].Add(float64(payload))
+}
+
+// forwarded counts one packet written to n viewers by one shard.
+func (m *Metrics) forwarded(k Kind, n, payload int) {
+	if n == 0 {
+		return
+	}
+	m.packetsOut[k].Add(float64(n))
+	m.bytesOut[k].Add(float64(n * payload))
+}
+
+func (m *Metrics) dropped(k Kind, reason string) {
+	m.Dropped.WithLabelValues(k.String(), reason).Inc()
+}

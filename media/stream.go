@@ -1,0 +1,285 @@
+// Package media is Vitrine's SFU: live streams, their tracks, the forwarding
+// core that fans each packet out to every viewer, and the WebRTC edges
+// (creator ingest over WHIP, viewers over WHEP). It knows nothing of HTTP or
+// products.
+package media
+
+import (
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// State is where a stream is in its life, as a viewer's player should show it.
+type State string
+
+// A stream starts waiting, is live while its creator sends, is reconnecting
+// while a dropped creator may still come back, and ended after that or after
+// the creator ended it. A creator can go live again from any state.
+const (
+	StateWaiting      State = "waiting"
+	StateLive         State = "live"
+	StateReconnecting State = "reconnecting"
+	StateEnded        State = "ended"
+)
+
+// Ingest is a creator's connection, whatever its protocol.
+type Ingest interface {
+	Protocol() string
+	// LastActive is when the connection last proved alive: its start or its
+	// newest packet.
+	LastActive() time.Time
+	// Close drops the connection; the ingest then calls Stream.Unpublish.
+	Close()
+}
+
+// StreamOptions tune a stream's behaviour.
+type StreamOptions struct {
+	// Grace is how long viewers wait for a dropped creator before the stream
+	// ends. They stay connected throughout and resume without renegotiating.
+	Grace time.Duration
+	// KeyframeInterval is the shortest time between keyframe requests to the
+	// creator, however many viewers ask.
+	KeyframeInterval time.Duration
+	// StaleAfter: a creator session silent for this long can be replaced by a
+	// new one without takeover (the creator reloaded the page or lost network
+	// before the old session timed out).
+	StaleAfter time.Duration
+}
+
+// Stream is one live channel: a video track, an audio track, one creator at
+// a time and any number of viewers.
+type Stream struct {
+	Name  string
+	Video *Track
+	Audio *Track
+
+	opts    StreamOptions
+	metrics *Metrics
+	log     *slog.Logger
+
+	mu         sync.Mutex
+	state      State
+	reason     string
+	publisher  Ingest
+	graceTimer *time.Timer
+	listeners  map[int]func(State, string)
+	nextID     int
+	viewers    map[*Viewer]struct{}
+	closed     bool
+
+	notifyMu sync.Mutex // delivers state changes in order
+}
+
+// NewStream creates a stream waiting for its creator.
+func NewStream(name string, opts StreamOptions, m *Metrics, log *slog.Logger) *Stream {
+	if opts.Grace <= 0 {
+		opts.Grace = 10 * time.Second
+	}
+	if opts.KeyframeInterval <= 0 {
+		opts.KeyframeInterval = 500 * time.Millisecond
+	}
+	if opts.StaleAfter <= 0 {
+		opts.StaleAfter = 3 * time.Second
+	}
+	return &Stream{
+		Name:      name,
+		Video:     newTrack(Video, name, DefaultVideoCodec, m, opts.KeyframeInterval),
+		Audio:     newTrack(Audio, name, DefaultAudioCodec, m, opts.KeyframeInterval),
+		opts:      opts,
+		metrics:   m,
+		log:       log.With("stream", name),
+		state:     StateWaiting,
+		listeners: map[int]func(State, string){},
+		viewers:   map[*Viewer]struct{}{},
+	}
+}
+
+// Errors a creator can act on.
+var (
+	ErrAlreadyLive  = errors.New("stream is already live from another session")
+	ErrStreamClosed = errors.New("stream was deleted")
+)
+
+// Publish makes in the stream's creator. A second creator is refused while the
+// first is active, unless takeover is set; a silent one is replaced.
+func (s *Stream) Publish(in Ingest, takeover bool) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrStreamClosed
+	}
+	old := s.publisher
+	if old != nil && !takeover && time.Since(old.LastActive()) < s.opts.StaleAfter {
+		s.mu.Unlock()
+		return ErrAlreadyLive
+	}
+	s.publisher = in
+	if s.graceTimer != nil {
+		s.graceTimer.Stop()
+		s.graceTimer = nil
+	}
+	s.setState(StateLive, "")
+	s.mu.Unlock()
+	s.metrics.Publishers.WithLabelValues(in.Protocol()).Inc()
+	s.log.Info("creator connected", "protocol", in.Protocol(), "replaced", old != nil)
+	if old != nil {
+		old.Close()
+	}
+	s.notify()
+	s.Video.RequestKeyframe()
+	return nil
+}
+
+// Unpublish is called by an ingest when its connection ends. ended means the
+// creator ended the broadcast on purpose; otherwise viewers wait out the grace
+// period for the creator to come back.
+func (s *Stream) Unpublish(in Ingest, ended bool) {
+	s.mu.Lock()
+	if s.publisher != in {
+		s.mu.Unlock()
+		return
+	}
+	s.publisher = nil
+	if ended {
+		s.setState(StateEnded, "the creator ended the stream")
+	} else {
+		s.setState(StateReconnecting, "the creator's connection dropped")
+		s.graceTimer = time.AfterFunc(s.opts.Grace, s.graceExpired)
+	}
+	s.mu.Unlock()
+	s.log.Info("creator disconnected", "protocol", in.Protocol(), "ended", ended)
+	s.notify()
+}
+
+func (s *Stream) graceExpired() {
+	s.mu.Lock()
+	if s.publisher != nil || s.state != StateReconnecting {
+		s.mu.Unlock()
+		return
+	}
+	s.graceTimer = nil
+	s.setState(StateEnded, "the creator did not come back")
+	s.mu.Unlock()
+	s.notify()
+}
+
+// setState must be called with s.mu held.
+func (s *Stream) setState(st State, reason string) {
+	if (s.state == StateLive) != (st == StateLive) {
+		if st == StateLive {
+			s.metrics.StreamsLive.Inc()
+		} else {
+			s.metrics.StreamsLive.Dec()
+		}
+	}
+	s.state, s.reason = st, reason
+}
+
+// State returns where the stream is and, when not live, why.
+func (s *Stream) State() (State, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state, s.reason
+}
+
+// Ingest returns the current creator connection, or nil.
+func (s *Stream) Ingest() Ingest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.publisher
+}
+
+// Watch calls fn with the current state and then on every change, until
+// cancel is called. fn must not block.
+func (s *Stream) Watch(fn func(State, string)) (cancel func()) {
+	s.notifyMu.Lock()
+	defer s.notifyMu.Unlock()
+	s.mu.Lock()
+	id := s.nextID
+	s.nextID++
+	s.listeners[id] = fn
+	st, reason := s.state, s.reason
+	s.mu.Unlock()
+	fn(st, reason)
+	return func() {
+		s.mu.Lock()
+		delete(s.listeners, id)
+		s.mu.Unlock()
+	}
+}
+
+func (s *Stream) notify() {
+	s.notifyMu.Lock()
+	defer s.notifyMu.Unlock()
+	s.mu.Lock()
+	st, reason := s.state, s.reason
+	fns := make([]func(State, string), 0, len(s.listeners))
+	for _, fn := range s.listeners {
+		fns = append(fns, fn)
+	}
+	s.mu.Unlock()
+	for _, fn := range fns {
+		fn(st, reason)
+	}
+}
+
+func (s *Stream) addViewer(v *Viewer) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrStreamClosed
+	}
+	s.viewers[v] = struct{}{}
+	s.metrics.Viewers.WithLabelValues(s.Name, v.protocol).Inc()
+	return nil
+}
+
+func (s *Stream) removeViewer(v *Viewer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.viewers[v]; ok {
+		delete(s.viewers, v)
+		s.metrics.Viewers.WithLabelValues(s.Name, v.protocol).Dec()
+	}
+}
+
+// ViewerCount is how many viewers are connected.
+func (s *Stream) ViewerCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.viewers)
+}
+
+// Close ends the stream for good (it was deleted): the creator and every
+// viewer are disconnected and the tracks stop.
+func (s *Stream) Close() {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	pub := s.publisher
+	s.publisher = nil
+	if s.graceTimer != nil {
+		s.graceTimer.Stop()
+	}
+	s.setState(StateEnded, "the stream was deleted")
+	viewers := make([]*Viewer, 0, len(s.viewers))
+	for v := range s.viewers {
+		viewers = append(viewers, v)
+	}
+	s.mu.Unlock()
+	s.notify()
+	if pub != nil {
+		pub.Close()
+	}
+	for _, v := range viewers {
+		v.Close()
+	}
+	s.Video.close()
+	s.Audio.close()
+	s.metrics.Viewers.DeletePartialMatch(map[string]string{"stream": s.Name})
+}

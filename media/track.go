@@ -1,0 +1,403 @@
+package media
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/rtcp"
+	"github.com/pion/rtp"
+)
+
+// Track is one media track of a stream (its video or its audio) as viewers
+// see it: one continuous RTP sequence and timestamp space that survives the
+// creator reconnecting, changing encoder or changing protocol. Sources (a
+// WHIP session, an RTMP connection) write into it; down-tracks read from it.
+//
+// Fan-out: the ingest goroutine rewrites the packet once, stores it in the
+// shared NACK cache and hands it to a few shards; each shard is one goroutine
+// that writes the packet to its share of the viewers. No lock is held while
+// writing to viewers, and a shard that falls behind drops packets for its own
+// viewers only.
+type Track struct {
+	kind    Kind
+	stream  string
+	metrics *Metrics
+	pool    *sync.Pool
+	cache   *packetCache
+
+	keyframeInterval time.Duration // minimum time between requests to the source
+
+	mu        sync.Mutex
+	codec     *Codec
+	source    *Source // the one source whose packets are forwarded
+	epoch     uint32
+	haveOut   bool // an output packet exists: later sources continue its numbering
+	lastSeq   uint16
+	lastTS    uint32
+	lastAt    time.Time
+	clock     senderClock
+	kfLast    time.Time
+	kfPending bool
+	shards    []*shard
+	closed    bool
+	stop      chan struct{}
+}
+
+// senderClock maps the track's output RTP timestamps to time, from the
+// source's RTCP Sender Reports (or the ingest clock for RTMP/RTSP).
+type senderClock struct {
+	valid  bool
+	source time.Time // the source's own clock (a browser's NTP time)
+	local  time.Time // the same instant on this server's clock
+	rtp    uint32    // output timestamp at that instant
+}
+
+type shard struct {
+	in      chan *Packet
+	viewers atomic.Pointer[[]*DownTrack]
+	done    chan struct{}
+}
+
+// shardQueue is how many packets a shard may lag behind ingest before its
+// viewers lose packets: about half a second of 2.5 Mbit/s video.
+const shardQueue = 128
+
+func newTrack(kind Kind, stream string, codec Codec, m *Metrics, keyframeInterval time.Duration) *Track {
+	cacheSize := 1024
+	if kind == Audio {
+		cacheSize = 256
+	}
+	t := &Track{
+		kind:             kind,
+		stream:           stream,
+		metrics:          m,
+		pool:             newPacketPool(),
+		cache:            newPacketCache(cacheSize),
+		keyframeInterval: keyframeInterval,
+		codec:            &codec,
+		stop:             make(chan struct{}),
+	}
+	n := runtime.GOMAXPROCS(0)
+	for range n {
+		sh := &shard{in: make(chan *Packet, shardQueue), done: make(chan struct{})}
+		sh.viewers.Store(&[]*DownTrack{})
+		t.shards = append(t.shards, sh)
+		go t.runShard(sh)
+	}
+	go t.sendReports()
+	return t
+}
+
+// Kind is audio or video.
+func (t *Track) Kind() Kind { return t.kind }
+
+// Codec is what the track carries now (or will carry, before the first source).
+func (t *Track) Codec() Codec {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return *t.codec
+}
+
+// Source is one ingest session's feed into a track. Only the newest source
+// of a track is forwarded; an older one still writing (a creator's previous
+// connection that has not timed out yet) is ignored.
+type Source struct {
+	track     *Track
+	codec     *Codec
+	keyframe  func() // asks the encoder for a keyframe; nil if it cannot be asked
+	started   bool
+	seqOffset uint16
+	tsOffset  uint32
+}
+
+// NewSource makes s the track's source. requestKeyframe may be nil for
+// sources that cannot be asked (RTMP, RTSP).
+func (t *Track) NewSource(codec Codec, requestKeyframe func()) *Source {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := &Source{track: t, codec: &codec, keyframe: requestKeyframe}
+	t.source = s
+	t.codec = s.codec
+	t.epoch++
+	t.clock = senderClock{}
+	return s
+}
+
+// End stops forwarding from s if it is still the track's source.
+func (s *Source) End() {
+	t := s.track
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.source == s {
+		t.source = nil
+	}
+}
+
+var errNotSource = errors.New("media: source replaced")
+
+// WriteRTP forwards one packet from the source. It is called by one ingest
+// goroutine per source; header and payload are not retained.
+func (s *Source) WriteRTP(h *rtp.Header, payload []byte) error {
+	t := s.track
+	now := time.Now()
+	if len(payload) > maxPayload {
+		t.metrics.dropped(t.kind, "oversize")
+		return fmt.Errorf("media: %d byte payload exceeds %d", len(payload), maxPayload)
+	}
+
+	t.mu.Lock()
+	if t.source != s || t.closed {
+		t.mu.Unlock()
+		return errNotSource
+	}
+	if !s.started {
+		s.started = true
+		if t.haveOut {
+			// Continue the viewers' numbering: the next sequence number, and
+			// a timestamp that advanced by the wall time that passed.
+			elapsed := now.Sub(t.lastAt)
+			ticks := uint32(elapsed.Seconds()*float64(s.codec.ClockRate)) + 1
+			s.seqOffset = t.lastSeq + 1 - h.SequenceNumber
+			s.tsOffset = t.lastTS + ticks - h.Timestamp
+		}
+	}
+	p := t.pool.Get().(*Packet)
+	p.refs.Store(1)
+	p.Header = rtp.Header{
+		Version:        2,
+		Padding:        h.Padding,
+		Marker:         h.Marker,
+		PayloadType:    h.PayloadType,
+		SequenceNumber: h.SequenceNumber + s.seqOffset,
+		Timestamp:      h.Timestamp + s.tsOffset,
+		PaddingSize:    h.PaddingSize,
+	}
+	p.Payload = p.buf[:copy(p.buf[:], payload)]
+	p.Keyframe = t.kind == Video && isKeyframeStart(s.codec.MimeType, payload)
+	p.Epoch = t.epoch
+	p.Arrival = monotonic(now)
+	if !t.haveOut || seqNewer(p.Header.SequenceNumber, t.lastSeq) {
+		t.haveOut = true
+		t.lastSeq = p.Header.SequenceNumber
+		t.lastTS = p.Header.Timestamp
+		t.lastAt = now
+	}
+	t.cache.put(p)
+	// Handing over under t.mu keeps close from closing a shard's channel
+	// mid-send; the sends never block.
+	behind := 0
+	for _, sh := range t.shards {
+		if len(*sh.viewers.Load()) == 0 {
+			continue
+		}
+		p.retain()
+		select {
+		case sh.in <- p:
+		default:
+			p.release()
+			behind++
+		}
+	}
+	t.mu.Unlock()
+	p.release()
+
+	t.metrics.ingested(t.kind, len(payload))
+	for range behind {
+		t.metrics.dropped(t.kind, "shard_behind")
+	}
+	return nil
+}
+
+// SenderReport records a Sender Report of the source: at sourceTime on the
+// source's clock (local on this server's), the source's RTP clock read rtpTime.
+func (s *Source) SenderReport(sourceTime, local time.Time, rtpTime uint32) {
+	t := s.track
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.source != s {
+		return
+	}
+	t.clock = senderClock{valid: true, source: sourceTime, local: local, rtp: rtpTime + s.tsOffset}
+}
+
+// RTPTimeAt maps an instant on the source's clock (for a browser creator, the
+// wall-clock time of a click) to the viewers' RTP timestamp. It needs a Sender
+// Report from the current source.
+func (t *Track) RTPTimeAt(sourceTime time.Time) (uint32, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.clock.valid {
+		return 0, false
+	}
+	return t.clock.rtp + ticks(sourceTime.Sub(t.clock.source), t.codec.ClockRate), true
+}
+
+// LastTimestamp is the viewers' RTP timestamp of the newest packet ingested.
+func (t *Track) LastTimestamp() (uint32, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.lastTS, t.haveOut
+}
+
+// rtpNow is the RTP timestamp that corresponds to now, for Sender Reports to
+// viewers. Audio and video of one source share the source's clock, so their
+// reports keep lips in sync.
+func (t *Track) rtpNow(now time.Time) (uint32, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case t.clock.valid:
+		return t.clock.rtp + ticks(now.Sub(t.clock.local), t.codec.ClockRate), true
+	case t.haveOut:
+		return t.lastTS + ticks(now.Sub(t.lastAt), t.codec.ClockRate), true
+	}
+	return 0, false
+}
+
+// RequestKeyframe asks the source for a keyframe, at most once per
+// keyframeInterval: requests in between are folded into one sent when the
+// interval ends, so a burst of joining viewers costs the creator one keyframe.
+func (t *Track) RequestKeyframe() {
+	if t.kind != Video {
+		return
+	}
+	t.mu.Lock()
+	if t.source == nil || t.source.keyframe == nil {
+		t.mu.Unlock()
+		return
+	}
+	now := time.Now()
+	if wait := t.kfLast.Add(t.keyframeInterval).Sub(now); wait > 0 {
+		if !t.kfPending {
+			t.kfPending = true
+			time.AfterFunc(wait, t.sendPendingKeyframeRequest)
+		}
+		t.mu.Unlock()
+		return
+	}
+	t.kfLast = now
+	ask := t.source.keyframe
+	t.mu.Unlock()
+	t.metrics.KeyframeRequests.Inc()
+	ask()
+}
+
+func (t *Track) sendPendingKeyframeRequest() {
+	t.mu.Lock()
+	t.kfPending = false
+	t.mu.Unlock()
+	t.RequestKeyframe()
+}
+
+func (t *Track) addDownTrack(d *DownTrack) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	best := t.shards[0]
+	for _, sh := range t.shards[1:] {
+		if len(*sh.viewers.Load()) < len(*best.viewers.Load()) {
+			best = sh
+		}
+	}
+	old := *best.viewers.Load()
+	next := make([]*DownTrack, len(old), len(old)+1)
+	copy(next, old)
+	next = append(next, d)
+	best.viewers.Store(&next)
+}
+
+func (t *Track) removeDownTrack(d *DownTrack) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, sh := range t.shards {
+		old := *sh.viewers.Load()
+		for i, v := range old {
+			if v == d {
+				next := make([]*DownTrack, 0, len(old)-1)
+				next = append(next, old[:i]...)
+				next = append(next, old[i+1:]...)
+				sh.viewers.Store(&next)
+				return
+			}
+		}
+	}
+}
+
+func (t *Track) downTracks() []*DownTrack {
+	var all []*DownTrack
+	for _, sh := range t.shards {
+		all = append(all, *sh.viewers.Load()...)
+	}
+	return all
+}
+
+func (t *Track) runShard(sh *shard) {
+	defer close(sh.done)
+	for p := range sh.in {
+		sent := 0
+		for _, d := range *sh.viewers.Load() {
+			if d.writePacket(p) {
+				sent++
+			}
+		}
+		t.metrics.forwarded(t.kind, sent, len(p.Payload))
+		p.release()
+	}
+}
+
+// close stops the shards and frees the cache. The track must not be written
+// to afterwards.
+func (t *Track) close() {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return
+	}
+	t.closed = true
+	t.source = nil
+	t.mu.Unlock()
+	close(t.stop)
+	for _, sh := range t.shards {
+		close(sh.in)
+		<-sh.done
+	}
+	t.cache.clear()
+}
+
+// sendReports sends every viewer an RTCP Sender Report each second, from
+// counters the down-tracks keep: browsers need them to sync audio with video.
+// One goroutine per track does it, instead of an interceptor per viewer.
+func (t *Track) sendReports() {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stop:
+			return
+		case now := <-tick.C:
+			rtpTime, ok := t.rtpNow(now)
+			if !ok {
+				continue
+			}
+			for _, d := range t.downTracks() {
+				if sr := d.senderReport(now, rtpTime); sr != nil {
+					_ = d.sendRTCP([]rtcp.Packet{sr})
+				}
+			}
+		}
+	}
+}
+
+// seqNewer reports whether a comes after b in 16-bit wrap-around order.
+func seqNewer(a, b uint16) bool { return a != b && a-b < 0x8000 }
+
+func ticks(d time.Duration, clockRate uint32) uint32 {
+	return uint32(int64(d.Seconds() * float64(clockRate)))
+}
+
+var processStart = time.Now()
+
+func monotonic(t time.Time) int64 { return int64(t.Sub(processStart)) }

@@ -1,0 +1,171 @@
+package media
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/rtcp"
+	"github.com/pion/rtp"
+	"github.com/pion/webrtc/v4"
+)
+
+// Publisher is a creator's WebRTC session (WHIP).
+type Publisher struct {
+	stream  *Stream
+	pc      *webrtc.PeerConnection
+	started time.Time
+	last    atomic.Int64 // unix nanos of the newest packet
+
+	mu      sync.Mutex
+	sources []*Source
+	// skew maps the creator's NTP clock to ours, fixed by the first Sender
+	// Report, so audio and video reports translate identically.
+	skew     time.Duration
+	haveSkew bool
+	ended    atomic.Bool
+	doneOnce sync.Once
+	done     chan struct{}
+}
+
+// Publish answers a creator's WHIP offer and makes the session the stream's
+// creator. It fails with ErrAlreadyLive (unless takeover), or a *BadOfferError.
+func (w *WebRTC) Publish(ctx context.Context, s *Stream, offer string, takeover bool) (*Publisher, string, error) {
+	desc, err := checkOffer(offer, "video", "audio")
+	if err != nil {
+		return nil, "", err
+	}
+	if !offerHasCodec(desc, "video", "H264") && !offerHasCodec(desc, "video", "VP8") &&
+		!offerHasCodec(desc, "video", "VP9") && !offerHasCodec(desc, "video", "AV1") &&
+		!offerHasCodec(desc, "audio", "opus") {
+		return nil, "", &BadOfferError{Reason: "no codec Vitrine forwards (H264, VP8, VP9, AV1, Opus)"}
+	}
+	pc, err := w.publishAPI.NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		return nil, "", fmt.Errorf("whip: new peer connection: %w", err)
+	}
+	p := &Publisher{stream: s, pc: pc, started: time.Now(), done: make(chan struct{})}
+	pc.OnTrack(p.onTrack)
+	pc.OnConnectionStateChange(func(st webrtc.PeerConnectionState) {
+		if st == webrtc.PeerConnectionStateFailed || st == webrtc.PeerConnectionStateClosed {
+			p.finish()
+		}
+	})
+	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
+		pc.Close()
+		return nil, "", &BadOfferError{Reason: err.Error()}
+	}
+	if err := s.Publish(p, takeover); err != nil {
+		pc.Close()
+		return nil, "", err
+	}
+	ans, err := answer(ctx, pc)
+	if err != nil {
+		p.End()
+		return nil, "", fmt.Errorf("whip: %w", err)
+	}
+	return p, ans, nil
+}
+
+// Protocol names the ingest for metrics and logs.
+func (p *Publisher) Protocol() string { return "whip" }
+
+// LastActive is the newest packet's arrival, or the session start.
+func (p *Publisher) LastActive() time.Time {
+	if n := p.last.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return p.started
+}
+
+// PeerConnection exposes the session for trickle ICE and ICE restarts.
+func (p *Publisher) PeerConnection() *webrtc.PeerConnection { return p.pc }
+
+// Close drops the connection; viewers wait out the grace period.
+func (p *Publisher) Close() { _ = p.pc.Close() }
+
+// End ends the broadcast on the creator's request (WHIP DELETE).
+func (p *Publisher) End() {
+	p.ended.Store(true)
+	_ = p.pc.Close()
+	p.finish()
+}
+
+func (p *Publisher) finish() {
+	p.mu.Lock()
+	for _, src := range p.sources {
+		src.End()
+	}
+	p.sources = nil
+	p.mu.Unlock()
+	p.stream.Unpublish(p, p.ended.Load())
+	p.doneOnce.Do(func() { close(p.done) })
+}
+
+// Done is closed when the session is over.
+func (p *Publisher) Done() <-chan struct{} { return p.done }
+
+func (p *Publisher) onTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPReceiver) {
+	track := p.stream.Video
+	if remote.Kind() == webrtc.RTPCodecTypeAudio {
+		track = p.stream.Audio
+	}
+	c := remote.Codec()
+	codec := Codec{MimeType: c.MimeType, ClockRate: c.ClockRate, Channels: c.Channels, Fmtp: c.SDPFmtpLine}
+	ssrc := uint32(remote.SSRC())
+	src := track.NewSource(codec, func() {
+		_ = p.pc.WriteRTCP([]rtcp.Packet{&rtcp.PictureLossIndication{MediaSSRC: ssrc}})
+	})
+	p.mu.Lock()
+	p.sources = append(p.sources, src)
+	p.mu.Unlock()
+	track.RequestKeyframe()
+	go p.readRTCP(receiver, src, codec.ClockRate)
+	p.readRTP(remote, src)
+}
+
+func (p *Publisher) readRTP(remote *webrtc.TrackRemote, src *Source) {
+	buf := make([]byte, 1600)
+	var pkt rtp.Packet
+	for {
+		n, _, err := remote.Read(buf)
+		if err != nil {
+			return
+		}
+		if err := pkt.Unmarshal(buf[:n]); err != nil {
+			continue
+		}
+		p.last.Store(time.Now().UnixNano())
+		if err := src.WriteRTP(&pkt.Header, pkt.Payload); errors.Is(err, errNotSource) {
+			return
+		}
+	}
+}
+
+// readRTCP takes the creator's Sender Reports: they place the stream's RTP
+// clock in time, for lip sync at viewers and to stamp overlay cues.
+func (p *Publisher) readRTCP(receiver *webrtc.RTPReceiver, src *Source, clockRate uint32) {
+	for {
+		pkts, _, err := receiver.ReadRTCP()
+		if err != nil {
+			return
+		}
+		for _, pkt := range pkts {
+			sr, ok := pkt.(*rtcp.SenderReport)
+			if !ok {
+				continue
+			}
+			sourceTime := ntpToTime(sr.NTPTime)
+			p.mu.Lock()
+			if !p.haveSkew {
+				p.skew, p.haveSkew = time.Since(sourceTime), true
+			}
+			local := sourceTime.Add(p.skew)
+			p.mu.Unlock()
+			src.SenderReport(sourceTime, local, sr.RTPTime)
+		}
+	}
+}

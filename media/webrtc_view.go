@@ -1,0 +1,161 @@
+package media
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/pion/sdp/v3"
+	"github.com/pion/webrtc/v4"
+)
+
+// Viewer is one WHEP session: a down-track per kind the viewer asked for,
+// and the data channel the viewer opened (if any) for the overlay.
+type Viewer struct {
+	ID       string
+	stream   *Stream
+	pc       *webrtc.PeerConnection
+	protocol string
+	tracks   []*DownTrack
+	hooks    ViewerHooks
+
+	channel   atomic.Pointer[webrtc.DataChannel]
+	closeOnce sync.Once
+	done      chan struct{}
+}
+
+// ViewerHooks let the signaling layer speak over the viewer's data channel
+// without media knowing what is said. Each may be nil.
+type ViewerHooks struct {
+	ChannelOpen func(v *Viewer)
+	Message     func(v *Viewer, msg []byte)
+	Closed      func(v *Viewer)
+}
+
+// ErrChannelNotOpen: the viewer has no open data channel.
+var ErrChannelNotOpen = errors.New("data channel not open")
+
+// Watch answers a viewer's WHEP offer. The viewer is bound to the stream's
+// tracks whether or not the creator is live: media flows as soon as it does,
+// without a new offer.
+func (w *WebRTC) Watch(ctx context.Context, s *Stream, offer string, hooks ViewerHooks) (*Viewer, string, error) {
+	desc, err := checkOffer(offer, "video", "audio")
+	if err != nil {
+		return nil, "", err
+	}
+	var tracks []*Track
+	for _, t := range []*Track{s.Video, s.Audio} {
+		kind := t.Kind().String()
+		if !hasSection(desc, kind) {
+			continue
+		}
+		codec := t.Codec()
+		if !offerHasCodec(desc, kind, codec.MimeType) {
+			return nil, "", &BadOfferError{Reason: fmt.Sprintf("this stream sends %s, which the offer does not list", codec.MimeType)}
+		}
+		tracks = append(tracks, t)
+	}
+	pc, err := w.viewAPI.NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		return nil, "", fmt.Errorf("whep: new peer connection: %w", err)
+	}
+	v := &Viewer{ID: NewID(), stream: s, pc: pc, protocol: "whep", hooks: hooks, done: make(chan struct{})}
+	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
+		pc.Close()
+		return nil, "", &BadOfferError{Reason: err.Error()}
+	}
+	for _, t := range tracks {
+		d := newDownTrack(t, t.Kind().String(), "vitrine-"+s.Name, pc.WriteRTCP, v.Close)
+		sender, err := pc.AddTrack(d)
+		if err != nil {
+			pc.Close()
+			return nil, "", fmt.Errorf("whep: add %s track: %w", t.Kind(), err)
+		}
+		go d.readRTCP(sender)
+		v.tracks = append(v.tracks, d)
+	}
+	pc.OnDataChannel(func(dc *webrtc.DataChannel) {
+		dc.OnOpen(func() {
+			v.channel.Store(dc)
+			if hooks.ChannelOpen != nil {
+				hooks.ChannelOpen(v)
+			}
+		})
+		dc.OnMessage(func(m webrtc.DataChannelMessage) {
+			if hooks.Message != nil {
+				hooks.Message(v, m.Data)
+			}
+		})
+	})
+	pc.OnConnectionStateChange(func(st webrtc.PeerConnectionState) {
+		if st == webrtc.PeerConnectionStateFailed || st == webrtc.PeerConnectionStateClosed {
+			v.Close()
+		}
+	})
+	if err := s.addViewer(v); err != nil {
+		pc.Close()
+		return nil, "", err
+	}
+	for _, d := range v.tracks {
+		d.track.addDownTrack(d)
+	}
+	ans, err := answer(ctx, pc)
+	if err != nil {
+		v.Close()
+		return nil, "", fmt.Errorf("whep: %w", err)
+	}
+	s.Video.RequestKeyframe()
+	return v, ans, nil
+}
+
+func hasSection(desc *sdp.SessionDescription, kind string) bool {
+	for _, md := range desc.MediaDescriptions {
+		if md.MediaName.Media == kind {
+			return true
+		}
+	}
+	return false
+}
+
+// Stream is the stream the viewer watches.
+func (v *Viewer) Stream() *Stream { return v.stream }
+
+// PeerConnection exposes the session for trickle ICE and ICE restarts.
+func (v *Viewer) PeerConnection() *webrtc.PeerConnection { return v.pc }
+
+// Send writes one message on the viewer's data channel.
+func (v *Viewer) Send(msg []byte) error {
+	dc := v.channel.Load()
+	if dc == nil {
+		return ErrChannelNotOpen
+	}
+	return dc.Send(msg)
+}
+
+// Done is closed when the viewer is gone.
+func (v *Viewer) Done() <-chan struct{} { return v.done }
+
+// Close ends the session and frees everything the viewer held.
+func (v *Viewer) Close() {
+	v.closeOnce.Do(func() {
+		for _, d := range v.tracks {
+			d.track.removeDownTrack(d)
+		}
+		v.stream.removeViewer(v)
+		_ = v.pc.Close()
+		close(v.done)
+		if v.hooks.Closed != nil {
+			v.hooks.Closed(v)
+		}
+	})
+}
+
+func NewID() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
