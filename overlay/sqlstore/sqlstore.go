@@ -67,7 +67,7 @@ func Open(ctx context.Context, dsnOrPath string) (*Store, error) {
 	if strings.HasPrefix(dsnOrPath, "postgres://") || strings.HasPrefix(dsnOrPath, "postgresql://") {
 		return openPostgres(ctx, dsnOrPath)
 	}
-	return openSQLite(ctx, dsnOrPath)
+	return openSQLite(ctx, dsnOrPath, sqliteDefaults())
 }
 
 func openPostgres(ctx context.Context, dsn string) (*Store, error) {
@@ -94,28 +94,43 @@ func openPostgres(ctx context.Context, dsn string) (*Store, error) {
 	return s, nil
 }
 
-// SQLite settings, applied by the driver to every connection:
-//   - WAL: readers never block the writer nor the writer them.
-//   - synchronous=FULL: the WAL is fsynced at every commit. NORMAL would
-//     already survive kill -9 (committed pages sit in the OS cache), but a
-//     power cut or kernel crash could then lose the last commits; a
-//     confirmed order is money, so we pay one fsync per commit.
-//   - busy_timeout: a reader that meets a checkpoint waits instead of failing.
-//   - _txlock=immediate (writer only): a transaction takes the write lock at
-//     BEGIN, so it can never fail half-way on a lock upgrade.
-const sqlitePragmas = "_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)"
+// sqliteTuning holds the SQLite choices that were measured against their
+// alternatives (BenchmarkSQLiteTuning); Open always uses sqliteDefaults.
+type sqliteTuning struct {
+	// writers is the size of the write pool. One connection makes writers
+	// queue in Go; more let them meet in SQLite's lock, where they wait in
+	// busy_timeout's sleep-and-retry loop or fail with SQLITE_BUSY.
+	writers int
+	// txlock "immediate" takes the write lock at BEGIN, so a transaction can
+	// never fail half-way when it first writes; "deferred" takes it then.
+	txlock string
+	// synchronous FULL fsyncs the WAL at every commit. NORMAL would already
+	// survive kill -9 (committed pages sit in the OS cache), but a power cut
+	// or kernel crash could then lose the last commits; a confirmed order is
+	// money, so we pay one fsync per commit.
+	synchronous string
+}
 
-func openSQLite(ctx context.Context, path string) (*Store, error) {
+// sqliteDefaults is what Open uses.
+func sqliteDefaults() sqliteTuning {
+	return sqliteTuning{writers: 1, txlock: "immediate", synchronous: "FULL"}
+}
+
+func openSQLite(ctx context.Context, path string, tune sqliteTuning) (*Store, error) {
 	if path == "" || strings.ContainsAny(path, "?#") {
 		return nil, fmt.Errorf("sqlstore: bad SQLite path %q", path)
 	}
 	name := "file:" + (&url.URL{Path: path}).EscapedPath()
-	write, err := sql.Open("sqlite", name+"?"+sqlitePragmas+"&_txlock=immediate")
+	// WAL lets readers run beside the writer; busy_timeout makes a
+	// connection that meets a lock (a checkpoint, another process) wait
+	// instead of failing at once.
+	pragmas := "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(" + tune.synchronous + ")"
+	write, err := sql.Open("sqlite", name+pragmas+"&_txlock="+tune.txlock)
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: open sqlite: %w", err)
 	}
-	write.SetMaxOpenConns(1)
-	write.SetMaxIdleConns(1)
+	write.SetMaxOpenConns(tune.writers)
+	write.SetMaxIdleConns(tune.writers)
 	write.SetConnMaxIdleTime(0)
 	// The writer connects first so the file is in WAL mode before readers
 	// open it.
@@ -123,7 +138,7 @@ func openSQLite(ctx context.Context, path string) (*Store, error) {
 		write.Close()
 		return nil, fmt.Errorf("sqlstore: open sqlite %s: %w", path, err)
 	}
-	read, err := sql.Open("sqlite", name+"?"+sqlitePragmas+"&_pragma=query_only(1)")
+	read, err := sql.Open("sqlite", name+pragmas+"&_pragma=query_only(1)")
 	if err != nil {
 		write.Close()
 		return nil, fmt.Errorf("sqlstore: open sqlite: %w", err)
