@@ -275,8 +275,9 @@ func answer(ctx context.Context, pc *webrtc.PeerConnection) (string, error) {
 	return pc.LocalDescription().SDP, nil
 }
 
-// pionLoggers routes pion's logs into slog at warning level and above:
-// pion's info and debug lines are per packet or per candidate.
+// pionLoggers routes pion's logs into slog one level down: pion warns about
+// routine events (a closed candidate at the end of every session), which are
+// debug lines for an operator; its errors are warnings.
 type pionLoggers struct{ log *slog.Logger }
 
 func (f pionLoggers) NewLogger(scope string) logging.LeveledLogger {
@@ -291,11 +292,11 @@ func (l pionLogger) Debug(string)          {}
 func (l pionLogger) Debugf(string, ...any) {}
 func (l pionLogger) Info(string)           {}
 func (l pionLogger) Infof(string, ...any)  {}
-func (l pionLogger) Warn(msg string)       { l.log.Warn(msg) }
+func (l pionLogger) Warn(msg string)       { l.log.Debug(msg) }
 func (l pionLogger) Warnf(f string, a ...any) {
-	l.log.Warn(fmt.Sprintf(f, a...))
+	l.log.Debug(fmt.Sprintf(f, a...))
 }
-func (l pionLogger) Error(msg string) { l.log.Error(msg) }
+func (l pionLogger) Error(msg string) { l.log.Warn(msg) }
 func (l pionLogger) Errorf(f string, a ...any) {
-	l.log.Error(fmt.Sprintf(f, a...))
+	l.log.Warn(fmt.Sprintf(f, a...))
 }
