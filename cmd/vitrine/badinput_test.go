@@ -77,7 +77,9 @@ func TestBadInput(t *testing.T) {
 			if res.StatusCode != c.want {
 				t.Fatalf("status %d, want %d (body %s)", res.StatusCode, c.want, body)
 			}
-			var e struct{ Error struct{ Code, Message string } }
+			var e struct {
+				Error struct{ Code, Message string }
+			}
 			if err := json.Unmarshal(body, &e); err != nil || e.Error.Code != c.code || e.Error.Message == "" {
 				t.Fatalf("body %s: want error code %q with a message", body, c.code)
 			}
