@@ -28,7 +28,7 @@ func (s *Store) CreateProduct(ctx context.Context, p overlay.Product) (overlay.P
 	}
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	p.CreatedAt, p.UpdatedAt = now, now
-	n, err := execN(ctx, s.write, `INSERT INTO products (`+productColumns+`)
+	n, err := s.execWrite(ctx, `INSERT INTO products (`+productColumns+`)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (sku) DO NOTHING`,
 		p.SKU, p.Title, p.Description, p.PriceMinor, p.Currency, p.ImageURL,
 		p.Stock, p.PerViewerLimit, p.Active, micros(now), micros(now))
@@ -47,12 +47,16 @@ func (s *Store) UpdateProduct(ctx context.Context, p overlay.Product) (overlay.P
 		return overlay.Product{}, fmt.Errorf("update product: %w", err)
 	}
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	row := s.write.QueryRowContext(ctx, `UPDATE products SET title = $2, description = $3, price_minor = $4,
-		currency = $5, image_url = $6, stock = $7, per_viewer_limit = $8, active = $9, updated_at = $10
-		WHERE sku = $1 RETURNING `+productColumns,
-		p.SKU, p.Title, p.Description, p.PriceMinor, p.Currency, p.ImageURL,
-		p.Stock, p.PerViewerLimit, p.Active, micros(now))
-	got, err := scanProduct(row)
+	var got overlay.Product
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		var err error
+		got, err = scanProduct(tx.QueryRowContext(ctx, `UPDATE products SET title = $2, description = $3,
+			price_minor = $4, currency = $5, image_url = $6, stock = $7, per_viewer_limit = $8, active = $9,
+			updated_at = $10 WHERE sku = $1 RETURNING `+productColumns,
+			p.SKU, p.Title, p.Description, p.PriceMinor, p.Currency, p.ImageURL,
+			p.Stock, p.PerViewerLimit, p.Active, micros(now)))
+		return err
+	})
 	if errors.Is(err, sql.ErrNoRows) {
 		return overlay.Product{}, fmt.Errorf("update product %s: %w", p.SKU, overlay.ErrNotFound)
 	}
@@ -97,7 +101,7 @@ func (s *Store) Products(ctx context.Context) ([]overlay.Product, error) {
 
 // DeleteProduct implements overlay.Store.
 func (s *Store) DeleteProduct(ctx context.Context, sku string) error {
-	n, err := execN(ctx, s.write, `DELETE FROM products WHERE sku = $1`, sku)
+	n, err := s.execWrite(ctx, `DELETE FROM products WHERE sku = $1`, sku)
 	if err != nil {
 		return fmt.Errorf("delete product %s: %w", sku, err)
 	}
@@ -204,10 +208,14 @@ func (s *Store) StartSale(ctx context.Context, sale overlay.Sale, now time.Time)
 // EndSale implements overlay.Store. Reservations made during the sale stay
 // valid until confirmed or expired.
 func (s *Store) EndSale(ctx context.Context, saleID string, now time.Time) (overlay.Sale, error) {
-	row := s.write.QueryRowContext(ctx, `UPDATE sales SET status = 'ended',
-		ends_at = CASE WHEN ends_at > $2 THEN $2 ELSE ends_at END
-		WHERE id = $1 RETURNING `+saleColumns, saleID, micros(now))
-	sale, err := scanSale(row)
+	var sale overlay.Sale
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		var err error
+		sale, err = scanSale(tx.QueryRowContext(ctx, `UPDATE sales SET status = 'ended',
+			ends_at = CASE WHEN ends_at > $2 THEN $2 ELSE ends_at END
+			WHERE id = $1 RETURNING `+saleColumns, saleID, micros(now)))
+		return err
+	})
 	if errors.Is(err, sql.ErrNoRows) {
 		return overlay.Sale{}, fmt.Errorf("end sale %s: %w", saleID, overlay.ErrNotFound)
 	}

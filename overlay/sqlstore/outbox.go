@@ -76,7 +76,7 @@ func (s *Store) ClaimEvents(ctx context.Context, now time.Time, limit int, lease
 
 // MarkDelivered implements overlay.Store.
 func (s *Store) MarkDelivered(ctx context.Context, eventID string, now time.Time) error {
-	if _, err := s.write.ExecContext(ctx, `UPDATE outbox SET delivered_at = $2, last_error = '' WHERE id = $1`,
+	if _, err := s.execWrite(ctx, `UPDATE outbox SET delivered_at = $2, last_error = '' WHERE id = $1`,
 		eventID, micros(now)); err != nil {
 		return fmt.Errorf("mark event %s delivered: %w", eventID, err)
 	}
@@ -88,7 +88,7 @@ func (s *Store) RetryEvent(ctx context.Context, eventID string, next time.Time, 
 	if len(lastError) > 500 {
 		lastError = lastError[:500]
 	}
-	if _, err := s.write.ExecContext(ctx, `UPDATE outbox SET next_attempt_at = $2, last_error = $3
+	if _, err := s.execWrite(ctx, `UPDATE outbox SET next_attempt_at = $2, last_error = $3
 		WHERE id = $1 AND delivered_at = 0`, eventID, micros(next), lastError); err != nil {
 		return fmt.Errorf("retry event %s: %w", eventID, err)
 	}
