@@ -21,8 +21,8 @@ const (
 )
 
 // RowError names the row of an imported catalog that is wrong. In a CSV file
-// rows are numbered as a spreadsheet shows them (the header is row 1); in a
-// JSON array the first product is row 1.
+// a row is numbered by the line it starts on (the header is row 1, as in a
+// spreadsheet); in a JSON array the first product is row 1.
 type RowError struct {
 	Row int
 	Err error
@@ -58,6 +58,7 @@ func (ip importedProduct) product() Product {
 }
 
 // ParseCatalogJSON reads a JSON array of products and validates each one.
+// The caller bounds the input's size (http.MaxBytesReader).
 // It returns either every product or, for a bad file, no product and an
 // error listing the bad rows (each a *RowError), so an import is never partial.
 func ParseCatalogJSON(r io.Reader) ([]Product, error) {
@@ -134,21 +135,25 @@ func ParseCatalogCSV(r io.Reader) ([]Product, error) {
 
 	var rows []rowProduct
 	var errs []error
-	for row := 2; ; row++ {
+	for n := 1; ; n++ {
 		rec, err := cr.Read()
 		if err == io.EOF {
 			break
 		}
-		if err != nil {
-			var perr *csv.ParseError
-			if errors.As(err, &perr) && errors.Is(perr.Err, csv.ErrFieldCount) {
-				errs = append(errs, &RowError{Row: row, Err: fmt.Errorf("has %d columns, the header has %d", len(rec), len(header))})
-				continue
-			}
+		var perr *csv.ParseError
+		if err != nil && !(errors.As(err, &perr) && errors.Is(perr.Err, csv.ErrFieldCount)) {
 			// Broken quoting: the rest of the file cannot be trusted.
-			return nil, &RowError{Row: row, Err: err}
+			if perr != nil {
+				return nil, &RowError{Row: perr.StartLine, Err: perr.Err}
+			}
+			return nil, fmt.Errorf("catalog: read CSV: %w", err)
 		}
-		if row-1 > MaxImportRows {
+		row, _ := cr.FieldPos(0)
+		if err != nil {
+			errs = append(errs, &RowError{Row: row, Err: fmt.Errorf("has %d columns, the header has %d", len(rec), len(header))})
+			continue
+		}
+		if n > MaxImportRows {
 			return nil, fmt.Errorf("catalog: more than %d products, split the file", MaxImportRows)
 		}
 		p, err := csvProduct(rec, cols)

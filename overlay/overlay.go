@@ -112,7 +112,7 @@ type BuyResult struct {
 	Order   *Order `json:"order,omitempty"`
 }
 
-// reasons holds the text a page shows for each outcome.
+// outcomeReason is the text a page shows for an outcome.
 func outcomeReason(outcome string) string {
 	switch outcome {
 	case OutcomeReserved:

@@ -179,3 +179,21 @@ func TestBackoff(t *testing.T) {
 		t.Fatalf("huge attempt count: %s, want capped near %s", d, hi)
 	}
 }
+
+func TestParseCatalogCSVRowsAreFileLines(t *testing.T) {
+	// A blank line and a quoted field spanning two lines: rows stay the
+	// lines a merchant sees in an editor.
+	in := "sku,title,price_minor,currency,stock\n" +
+		"tee-1,\"Two\nlines\",1500,EUR,1\n" +
+		"\n" +
+		"tee-2,T,oops,EUR,1\n"
+	_, err := ParseCatalogCSV(strings.NewReader(in))
+	if err == nil || !strings.Contains(err.Error(), "row 5: price_minor: not a number") {
+		t.Fatalf("got %v, want row 5", err)
+	}
+	_, err = ParseCatalogCSV(strings.NewReader("sku,title,price_minor,currency,stock\ntee-1,\"open,1,EUR,1\n"))
+	var re *RowError
+	if !errors.As(err, &re) || re.Row != 2 {
+		t.Fatalf("broken quote: got %v, want row 2", err)
+	}
+}

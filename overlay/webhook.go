@@ -238,6 +238,10 @@ func (w *WebhookWorker) post(ctx context.Context, e Event) error {
 // failure): lo doubled per attempt, capped at hi, plus up to 20% jitter so
 // events that failed together do not all retry together.
 func Backoff(attempt int, lo, hi time.Duration) time.Duration {
+	if lo <= 0 {
+		return 0
+	}
+	hi = max(hi, lo)
 	d := lo
 	for i := 1; i < attempt && d < hi; i++ {
 		d *= 2
