@@ -36,12 +36,13 @@ func getOrder(ctx context.Context, q execer, id string) (overlay.Order, error) {
 //
 //  1. claim the idempotency key (a second buy with the key waits here until
 //     the first commits, then reads its stored result);
-//  2. add the units to the viewer's counter only if the limit allows;
-//  3. take the units from the sale only if enough are left;
-//  4. take them from the product's stock only if enough are left;
-//  5. write the order, its outbox event and the result kept for the key.
+//  2. write the order and its outbox event;
+//  3. add the units to the viewer's counter only if the limit allows;
+//  4. take the units from the sale only if enough are left;
+//  5. take them from the product's stock only if enough are left;
+//  6. store the result for the key.
 //
-// Steps 2-4 are conditional UPDATEs: the database decides atomically, so no
+// Steps 3-5 are conditional UPDATEs: the database decides atomically, so no
 // interleaving of buyers can oversell. If one of them refuses, the steps
 // before it are rolled back to a savepoint and the refusal is stored as the
 // key's result.
@@ -102,13 +103,14 @@ func firstResult(ctx context.Context, tx *sql.Tx, req overlay.BuyRequest, reques
 }
 
 func (s *Store) reserve(ctx context.Context, tx *sql.Tx, req overlay.BuyRequest, now time.Time, ttl time.Duration) (overlay.BuyResult, error) {
-	// These reads only pick the price and the rules; every guard that
-	// matters is re-checked by the conditional updates below.
+	// These reads pick the price and the rules, and may refuse early; they
+	// never grant anything: every guard that lets a buy through is a
+	// conditional update below.
 	var active bool
 	var currency string
-	var limit int64
-	err := tx.QueryRowContext(ctx, `SELECT active, currency, per_viewer_limit FROM products WHERE sku = $1`,
-		req.SKU).Scan(&active, &currency, &limit)
+	var limit, stock int64
+	err := tx.QueryRowContext(ctx, `SELECT active, currency, per_viewer_limit, stock FROM products WHERE sku = $1`,
+		req.SKU).Scan(&active, &currency, &limit, &stock)
 	if errors.Is(err, sql.ErrNoRows) {
 		return overlay.NewBuyResult(overlay.OutcomeUnknownProduct, nil), nil
 	}
@@ -128,7 +130,27 @@ func (s *Store) reserve(ctx context.Context, tx *sql.Tx, req overlay.BuyRequest,
 	if limit > 0 && req.Qty > limit {
 		return overlay.NewBuyResult(overlay.OutcomeLimitReached, nil), nil
 	}
+	// Once a flash sale is gone most buyers arrive too late: answer them
+	// without queueing on the sale's row lock. A stale read here can only
+	// refuse a buy that a moment earlier would have been refused anyway.
+	if stock < req.Qty || (sale.Units > 0 && sale.UnitsLeft < req.Qty) {
+		return overlay.NewBuyResult(overlay.OutcomeSoldOut, nil), nil
+	}
 
+	o := overlay.Order{
+		ID:             newID("ord_"),
+		Stream:         req.Stream,
+		SKU:            req.SKU,
+		SaleID:         sale.ID,
+		ViewerID:       req.ViewerID,
+		Qty:            req.Qty,
+		UnitPriceMinor: sale.PriceMinor,
+		Currency:       currency,
+		Status:         overlay.OrderReserved,
+		IdempotencyKey: req.IdempotencyKey,
+		CreatedAt:      now,
+		ExpiresAt:      now.Add(ttl).Truncate(time.Microsecond),
+	}
 	if _, err := tx.ExecContext(ctx, `SAVEPOINT buy`); err != nil {
 		return overlay.BuyResult{}, err
 	}
@@ -137,6 +159,19 @@ func (s *Store) reserve(ctx context.Context, tx *sql.Tx, req overlay.BuyRequest,
 			return overlay.BuyResult{}, err
 		}
 		return overlay.NewBuyResult(outcome, nil), nil
+	}
+
+	// The order and its event are new rows that nobody else waits for:
+	// writing them first keeps them out of the time the shared rows below
+	// stay locked (PostgreSQL holds those locks until commit).
+	if _, err := tx.ExecContext(ctx, `INSERT INTO orders (`+orderColumns+`)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+		o.ID, o.Stream, o.SKU, o.SaleID, o.ViewerID, o.Qty, o.UnitPriceMinor, o.Currency, o.Status,
+		o.IdempotencyKey, micros(o.CreatedAt), micros(o.ExpiresAt), micros(o.ConfirmedAt)); err != nil {
+		return overlay.BuyResult{}, err
+	}
+	if err := addEvent(ctx, tx, overlay.EventOrderReserved, o, now); err != nil {
+		return overlay.BuyResult{}, err
 	}
 
 	// The counter is kept even without a limit, so a limit set later
@@ -174,30 +209,6 @@ func (s *Store) reserve(ctx context.Context, tx *sql.Tx, req overlay.BuyRequest,
 	}
 	if n == 0 {
 		return refuse(overlay.OutcomeSoldOut)
-	}
-
-	o := overlay.Order{
-		ID:             newID("ord_"),
-		Stream:         req.Stream,
-		SKU:            req.SKU,
-		SaleID:         sale.ID,
-		ViewerID:       req.ViewerID,
-		Qty:            req.Qty,
-		UnitPriceMinor: sale.PriceMinor,
-		Currency:       currency,
-		Status:         overlay.OrderReserved,
-		IdempotencyKey: req.IdempotencyKey,
-		CreatedAt:      now,
-		ExpiresAt:      now.Add(ttl).Truncate(time.Microsecond),
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO orders (`+orderColumns+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
-		o.ID, o.Stream, o.SKU, o.SaleID, o.ViewerID, o.Qty, o.UnitPriceMinor, o.Currency, o.Status,
-		o.IdempotencyKey, micros(o.CreatedAt), micros(o.ExpiresAt), micros(o.ConfirmedAt)); err != nil {
-		return overlay.BuyResult{}, err
-	}
-	if err := addEvent(ctx, tx, overlay.EventOrderReserved, o, now); err != nil {
-		return overlay.BuyResult{}, err
 	}
 	return overlay.NewBuyResult(overlay.OutcomeReserved, &o), nil
 }

@@ -400,7 +400,7 @@ func testKeyReused(t *testing.T, s *Store) {
 
 func testBuyRefusals(t *testing.T, s *Store) {
 	ctx := context.Background()
-	sale := setupSale(t, s, product("lamp-1", 3, 2), 2)
+	sale := setupSale(t, s, product("lamp-1", 4, 2), 3)
 	inactive := product("lamp-2", 3, 0)
 	inactive.Active = false
 	if _, err := s.CreateProduct(ctx, inactive); err != nil {
@@ -424,8 +424,9 @@ func testBuyRefusals(t *testing.T, s *Store) {
 		{buyReq("lamp-1", "ann", "key-ann-001", 1), t0, overlay.OutcomeReserved},
 		{buyReq("lamp-1", "ann", "key-ann-002", 1), t0, overlay.OutcomeReserved},
 		{buyReq("lamp-1", "ann", "key-ann-003", 1), t0, overlay.OutcomeLimitReached},
-		{buyReq("lamp-1", "bob", "key-bob-001", 1), t0, overlay.OutcomeSoldOut}, // the sale's 2 units are gone
-		{buyReq("lamp-1", "bob", "key-bob-002", 1), t0.Add(2 * time.Hour), overlay.OutcomeSaleOver},
+		{buyReq("lamp-1", "bob", "key-bob-001", 1), t0, overlay.OutcomeReserved},
+		{buyReq("lamp-1", "bob", "key-bob-002", 1), t0, overlay.OutcomeSoldOut}, // the sale's 3 units are gone
+		{buyReq("lamp-1", "bob", "key-bob-003", 1), t0.Add(2 * time.Hour), overlay.OutcomeSaleOver},
 	}
 	for _, c := range cases {
 		res := mustBuy(t, s, c.req, c.when)
