@@ -68,8 +68,10 @@ start() {
 	rm -rf "$dir/data" "$dir/postgres.pid" "$dir/postgres.log"
 	if [[ $(id -u) -eq 0 ]]; then
 		chown postgres "$dir"
-		# The server user must be able to reach DIR through its parents.
-		chmod o+x "$(dirname "$dir")" 2>/dev/null || true
+		if ! runuser -u postgres -- test -w "$dir"; then
+			log "user postgres cannot reach $dir (a parent directory is closed to it); pick a DIR under /tmp"
+			exit 1
+		fi
 	fi
 
 	port=${VITRINE_PG_PORT:-55432}
