@@ -53,10 +53,12 @@ type Store struct {
 	// read serves queries outside transactions; with SQLite's WAL they run
 	// beside the writer.
 	read *sql.DB
-	// writeQueue, when set, lines writers up first come, first served
-	// before they take the single SQLite connection. database/sql hands a
-	// freed connection to a random waiter, which tripled the p99 latency of
-	// buys under load (BENCHMARKS.txt); a channel's waiters are served in order.
+	// writeQueue lines writers up first come, first served before they take
+	// a connection: database/sql hands a freed connection to a random
+	// waiter, which tripled the p99 latency of buys under load
+	// (BENCHMARKS.txt); a channel's waiters are served in order. Its size is
+	// the number of write transactions at once: 1 for SQLite, and for
+	// PostgreSQL the pool less a few connections kept for reads.
 	writeQueue chan struct{}
 }
 
@@ -89,8 +91,9 @@ func openPostgres(ctx context.Context, dsn string) (*Store, error) {
 			skipLocked:    "FOR UPDATE SKIP LOCKED",
 			migrationLock: "SELECT pg_advisory_xact_lock(7316482901)",
 		},
-		write: db,
-		read:  db,
+		write:      db,
+		read:       db,
+		writeQueue: make(chan struct{}, PoolSize-4),
 	}
 	if err := s.start(ctx); err != nil {
 		db.Close()
