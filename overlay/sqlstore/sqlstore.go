@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"io/fs"
 	"net/url"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -69,7 +71,7 @@ const PoolSize = 16
 
 // Open opens the store named by dsnOrPath and applies pending migrations. A
 // postgres:// or postgresql:// URL selects PostgreSQL; anything else is the
-// path of a SQLite file, created if missing.
+// path of a SQLite file, created (with its directory) if missing.
 func Open(ctx context.Context, dsnOrPath string) (*Store, error) {
 	if strings.HasPrefix(dsnOrPath, "postgres://") || strings.HasPrefix(dsnOrPath, "postgresql://") {
 		return openPostgres(ctx, dsnOrPath)
@@ -129,6 +131,9 @@ func sqliteDefaults() sqliteTuning {
 func openSQLite(ctx context.Context, path string, tune sqliteTuning) (*Store, error) {
 	if path == "" || strings.ContainsAny(path, "?#") {
 		return nil, fmt.Errorf("sqlstore: bad SQLite path %q", path)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("sqlstore: data directory: %w", err)
 	}
 	name := "file:" + (&url.URL{Path: path}).EscapedPath()
 	// WAL lets readers run beside the writer; busy_timeout makes a
