@@ -79,7 +79,8 @@ type Outbox interface {
 type WebhookConfig struct {
 	URL    string // the merchant's endpoint, http or https
 	Secret []byte // shared with the merchant; signs every request
-	// Client sends the requests; default: one with a 10 s timeout.
+	// Client sends the requests; default: one with a 10 s timeout that does
+	// not follow redirects.
 	Client *http.Client
 	// Concurrency bounds requests in flight (default 4), so a slow merchant
 	// is not flooded.
@@ -111,7 +112,13 @@ func NewWebhookWorker(outbox Outbox, cfg WebhookConfig) (*WebhookWorker, error) 
 		return nil, errors.New("webhook: secret must be at least 16 bytes")
 	}
 	if cfg.Client == nil {
-		cfg.Client = &http.Client{Timeout: 10 * time.Second}
+		cfg.Client = &http.Client{
+			Timeout: 10 * time.Second,
+			// A redirect would turn the POST into a GET that a merchant may
+			// answer 200 without ever seeing the event: treat it as a
+			// failure, which is logged and retried.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 4
