@@ -100,7 +100,8 @@ type Store interface {
 	// a confirmed order cannot be cancelled here (ErrOrderClosed).
 	Cancel(ctx context.Context, orderID, viewerID string, now time.Time) (Order, error)
 	// ExpireReservations expires reservations whose time ran out at now,
-	// returns their units to stock and reports how many expired.
+	// returns their units to stock and reports how many expired. It may
+	// stop after a batch (500 in sqlstore): call it periodically.
 	ExpireReservations(ctx context.Context, now time.Time) (int, error)
 	// Order returns one order; ErrNotFound if absent.
 	Order(ctx context.Context, id string) (Order, error)
