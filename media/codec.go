@@ -66,33 +66,35 @@ func fmtpValue(fmtp, key string) string {
 	return ""
 }
 
-// isKeyframeStart reports whether an RTP payload begins a frame a decoder can
-// start from. New viewers and viewers after a source change wait for one.
-func isKeyframeStart(mime string, payload []byte) bool {
-	if len(payload) == 0 {
-		return false
-	}
+// keyframeDetector returns the function that tells whether an RTP payload
+// of the codec begins a frame a decoder can start from, or nil for codecs
+// without keyframes (audio). New viewers, and viewers after a source change,
+// wait for such a packet. It is chosen once per source, not per packet.
+func keyframeDetector(mime string) func([]byte) bool {
 	switch strings.ToLower(mime) {
 	case "video/h264":
-		return h264KeyframeStart(payload)
+		return h264KeyframeStart
 	case "video/h265":
-		return h265KeyframeStart(payload)
+		return h265KeyframeStart
 	case "video/vp8":
-		return vp8KeyframeStart(payload)
+		return vp8KeyframeStart
 	case "video/vp9":
 		// P (inter-picture predicted) clear and B (start of frame) set.
-		return payload[0]&0x40 == 0 && payload[0]&0x08 != 0
+		return func(p []byte) bool { return len(p) > 0 && p[0]&0x40 == 0 && p[0]&0x08 != 0 }
 	case "video/av1":
 		// N: the first packet of a coded video sequence.
-		return payload[0]&0x08 != 0
+		return func(p []byte) bool { return len(p) > 0 && p[0]&0x08 != 0 }
 	}
-	return false
+	return nil
 }
 
 // h264KeyframeStart finds an SPS or the first fragment of an IDR slice: the
 // encoder puts SPS/PPS right before each IDR, so starting there decodes.
 func h264KeyframeStart(p []byte) bool {
 	const sps, idr, stapA, fuA = 7, 5, 24, 28
+	if len(p) == 0 {
+		return false
+	}
 	switch t := p[0] & 0x1f; t {
 	case sps, idr:
 		return true
@@ -128,7 +130,7 @@ func h265KeyframeStart(p []byte) bool {
 // vp8KeyframeStart reads the VP8 payload descriptor (RFC 7741) and the first
 // byte of the frame header, whose lowest bit is 0 on key frames.
 func vp8KeyframeStart(p []byte) bool {
-	if p[0]&0x10 == 0 || p[0]&0x0f != 0 { // S bit, partition 0
+	if len(p) == 0 || p[0]&0x10 == 0 || p[0]&0x0f != 0 { // S bit, partition 0
 		return false
 	}
 	i := 1

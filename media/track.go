@@ -109,6 +109,7 @@ type Source struct {
 	track     *Track
 	codec     *Codec
 	keyframe  func() // asks the encoder for a keyframe; nil if it cannot be asked
+	isKey     func(payload []byte) bool
 	started   bool
 	seqOffset uint16
 	tsOffset  uint32
@@ -120,6 +121,9 @@ func (t *Track) NewSource(codec Codec, requestKeyframe func()) *Source {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := &Source{track: t, codec: &codec, keyframe: requestKeyframe}
+	if t.kind == Video {
+		s.isKey = keyframeDetector(codec.MimeType)
+	}
 	t.source = s
 	t.codec = s.codec
 	t.epoch++
@@ -177,7 +181,7 @@ func (s *Source) WriteRTP(h *rtp.Header, payload []byte) error {
 		PaddingSize:    h.PaddingSize,
 	}
 	p.Payload = p.buf[:copy(p.buf[:], payload)]
-	p.Keyframe = t.kind == Video && isKeyframeStart(s.codec.MimeType, payload)
+	p.Keyframe = s.isKey != nil && s.isKey(payload)
 	p.Epoch = t.epoch
 	p.Arrival = monotonic(now)
 	if !t.haveOut || seqNewer(p.Header.SequenceNumber, t.lastSeq) {

@@ -19,7 +19,7 @@ import (
 // Buy throughput: concurrent buyers (8 per core by default) on one product, the
 // shape of a flash sale, every buy a new idempotency key. Reported: buys/s,
 // latency percentiles, and errors (a buy that failed rather than being
-// refused). Figures go to BENCHMARKS.txt with the command that made them.
+// refused). Figures go to docs/benchmarks.md with the command that made them.
 
 func BenchmarkBuy(b *testing.B) {
 	b.Run("SQLite", func(b *testing.B) { benchBuy(b, openTestSQLite(b), 0) })

@@ -49,7 +49,7 @@ type Store struct {
 	d dialect
 	// write runs every transaction that changes data. For SQLite it holds a
 	// single connection whose transactions start with BEGIN IMMEDIATE: writers
-	// queue in Go instead of failing with SQLITE_BUSY (see BENCHMARKS.txt).
+	// queue in Go instead of failing with SQLITE_BUSY (see docs/benchmarks.md).
 	// For PostgreSQL it is the same pool as read.
 	write *sql.DB
 	// read serves queries outside transactions; with SQLite's WAL they run
@@ -58,7 +58,7 @@ type Store struct {
 	// writeQueue lines writers up first come, first served before they take
 	// a connection: database/sql hands a freed connection to a random
 	// waiter, which tripled the p99 latency of buys under load
-	// (BENCHMARKS.txt); a channel's waiters are served in order. Its size is
+	// (docs/benchmarks.md); a channel's waiters are served in order. Its size is
 	// the number of write transactions at once: 1 for SQLite, and for
 	// PostgreSQL the pool less a few connections kept for reads.
 	writeQueue chan struct{}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Vitrine's whole test suite, on a machine that has only Go: installs what the
+# tests need from Debian (ffmpeg for the test clips, PostgreSQL for the store),
+# starts a throwaway PostgreSQL on 127.0.0.1, checks formatting and vet, then
+# runs every test with the race detector.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v ffmpeg >/dev/null || need+=(ffmpeg)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+if ((${#need[@]})); then
+	sudo=""
+	[[ $(id -u) -eq 0 ]] || sudo=sudo
+	echo "test.sh: installing ${need[*]}" >&2
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+pgdir=$(mktemp -d)
+trap '.ci/postgres.sh stop "$pgdir" >/dev/null 2>&1 || true' EXIT
+VITRINE_TEST_POSTGRES=$(.ci/postgres.sh start "$pgdir")
+export VITRINE_TEST_POSTGRES
+
+go mod download
+unformatted=$(gofmt -l cmd media overlay signaling web)
+if [[ -n "$unformatted" ]]; then
+	echo "test.sh: gofmt -w needed on: $unformatted" >&2
+	exit 1
+fi
+go vet ./...
+go test -race -count=1 -timeout 15m ./...
