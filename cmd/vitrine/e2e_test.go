@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pion/rtcp"
 	"github.com/pion/webrtc/v4"
 	"github.com/vitrine-live/vitrine/signaling/client"
 )
@@ -61,11 +62,14 @@ type testViewer struct {
 	lastSeq   uint16
 	seqJumps  int // forward jumps of more than 100 in the video sequence
 	startedAt time.Time
+	reports   map[string]int // RTCP Sender Reports received per kind
+	ssrc      map[string]uint32
 }
 
 func watch(t *testing.T, api *webrtc.API, base, stream, name string, sent *sentSet) *testViewer {
 	t.Helper()
-	v := &testViewer{name: name, sent: sent, tracks: map[string]int{}, packets: map[string]int{}, startedAt: time.Now()}
+	v := &testViewer{name: name, sent: sent, tracks: map[string]int{}, packets: map[string]int{}, startedAt: time.Now(),
+		reports: map[string]int{}, ssrc: map[string]uint32{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	sess, err := client.Watch(ctx, api, base+"/whep/"+stream, true, func(pc *webrtc.PeerConnection, dc *webrtc.DataChannel) {
@@ -87,11 +91,27 @@ func watch(t *testing.T, api *webrtc.API, base, stream, name string, sent *sentS
 	return v
 }
 
-func (v *testViewer) onTrack(tr *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
+func (v *testViewer) onTrack(tr *webrtc.TrackRemote, recv *webrtc.RTPReceiver) {
 	kind := tr.Kind().String()
 	v.mu.Lock()
 	v.tracks[kind]++
+	v.ssrc[kind] = uint32(tr.SSRC())
 	v.mu.Unlock()
+	go func() {
+		for {
+			pkts, _, err := recv.ReadRTCP()
+			if err != nil {
+				return
+			}
+			for _, p := range pkts {
+				if sr, ok := p.(*rtcp.SenderReport); ok && sr.SSRC == uint32(tr.SSRC()) && sr.PacketCount > 0 {
+					v.mu.Lock()
+					v.reports[kind]++
+					v.mu.Unlock()
+				}
+			}
+		}
+	}()
 	for {
 		p, _, err := tr.ReadRTP()
 		if err != nil {
@@ -295,6 +315,26 @@ func TestLiveStream(t *testing.T) {
 		v.mu.Unlock()
 	}
 
+	// Every viewer gets Sender Reports for both tracks (lip sync), and a
+	// viewer's keyframe request reaches the creator's side.
+	for _, v := range viewers {
+		eventually(t, v.name+" receives Sender Reports", 5*time.Second, func() bool {
+			v.mu.Lock()
+			defer v.mu.Unlock()
+			return v.reports["video"] > 0 && v.reports["audio"] > 0
+		})
+	}
+	plisBefore := metricValue(t, base, "vitrine_plis_received_total")
+	late.mu.Lock()
+	pli := &rtcp.PictureLossIndication{MediaSSRC: late.ssrc["video"]}
+	late.mu.Unlock()
+	if err := late.sess.PC.WriteRTCP([]rtcp.Packet{pli}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the server counts the viewer's PLI", 5*time.Second, func() bool {
+		return metricValue(t, base, "vitrine_plis_received_total") > plisBefore
+	})
+
 	// Metrics show the viewers and the traffic.
 	metrics := get(t, base+"/metrics")
 	for _, want := range []string{`vitrine_viewers{protocol="whep",stream="demo"} 4`, `vitrine_streams_live 1`, `vitrine_egress_packets_total{kind="video"}`} {
@@ -318,6 +358,19 @@ func TestLiveStream(t *testing.T) {
 	if err := json.Unmarshal([]byte(get(t, base+"/api/v1/streams/demo")), &st); err != nil || st.State != "ended" {
 		t.Errorf("stream status after DELETE: %+v, %v", st, err)
 	}
+}
+
+// metricValue reads one unlabelled sample from /metrics.
+func metricValue(t *testing.T, base, name string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(get(t, base+"/metrics"), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			var f float64
+			fmt.Sscan(v, &f)
+			return f
+		}
+	}
+	return 0
 }
 
 func get(t *testing.T, url string) string {
