@@ -102,6 +102,14 @@ func (t *Track) Codec() Codec {
 	return *t.codec
 }
 
+// expect sets the codec viewers are bound to before a new source's first
+// packet (a creator answered but not yet sending).
+func (t *Track) expect(c Codec) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.codec = &c
+}
+
 // Source is one ingest session's feed into a track. Only the newest source
 // of a track is forwarded; an older one still writing (a creator's previous
 // connection that has not timed out yet) is ignored.

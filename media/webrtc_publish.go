@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
+	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
 )
 
@@ -64,10 +67,62 @@ func (w *WebRTC) Publish(ctx context.Context, s *Stream, offer string, takeover 
 	}
 	ans, err := answer(ctx, pc)
 	if err != nil {
-		p.End()
+		p.Close()
 		return nil, "", fmt.Errorf("whip: %w", err)
 	}
+	// Viewers who join between now and the creator's first packet must be
+	// bound to the codec the creator will send: the first one the answer
+	// lists for each kind.
+	for kind, c := range answerCodecs(ans) {
+		if kind == "video" {
+			s.Video.expect(c)
+		} else {
+			s.Audio.expect(c)
+		}
+	}
 	return p, ans, nil
+}
+
+// answerCodecs returns, per kind, the first codec of the answer's media
+// sections: the one a WebRTC sender uses.
+func answerCodecs(answer string) map[string]Codec {
+	var desc sdp.SessionDescription
+	out := map[string]Codec{}
+	if desc.UnmarshalString(answer) != nil {
+		return out
+	}
+	for _, md := range desc.MediaDescriptions {
+		kind := md.MediaName.Media
+		if (kind != "video" && kind != "audio") || len(md.MediaName.Formats) == 0 || md.MediaName.Port.Value == 0 {
+			continue
+		}
+		if _, done := out[kind]; done {
+			continue
+		}
+		pt := md.MediaName.Formats[0]
+		var c Codec
+		for _, a := range md.Attributes {
+			switch {
+			case a.Key == "rtpmap" && strings.HasPrefix(a.Value, pt+" "):
+				enc := strings.Split(strings.TrimPrefix(a.Value, pt+" "), "/")
+				c.MimeType = kind + "/" + enc[0]
+				if len(enc) > 1 {
+					rate, _ := strconv.Atoi(enc[1])
+					c.ClockRate = uint32(rate)
+				}
+				if len(enc) > 2 {
+					ch, _ := strconv.Atoi(enc[2])
+					c.Channels = uint16(ch)
+				}
+			case a.Key == "fmtp" && strings.HasPrefix(a.Value, pt+" "):
+				c.Fmtp = strings.TrimPrefix(a.Value, pt+" ")
+			}
+		}
+		if c.MimeType != "" {
+			out[kind] = c
+		}
+	}
+	return out
 }
 
 // Protocol names the ingest for metrics and logs.

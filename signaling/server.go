@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vitrine-live/vitrine/media"
+	"github.com/vitrine-live/vitrine/overlay"
 )
 
 // ICEServer is a STUN or TURN server offered to clients in WHIP/WHEP Link
@@ -43,6 +44,7 @@ type Server struct {
 	cfg      Config
 	rtc      *media.WebRTC
 	streams  *Streams
+	store    overlay.Store
 	gatherer prometheus.Gatherer
 	log      *slog.Logger
 	metrics  *edgeMetrics
@@ -58,7 +60,7 @@ type edgeMetrics struct {
 
 // New builds the HTTP edge. reg receives its metrics; gatherer is what
 // /metrics serves.
-func New(cfg Config, rtc *media.WebRTC, streams *Streams, reg prometheus.Registerer, gatherer prometheus.Gatherer, log *slog.Logger) *Server {
+func New(cfg Config, rtc *media.WebRTC, streams *Streams, store overlay.Store, reg prometheus.Registerer, gatherer prometheus.Gatherer, log *slog.Logger) *Server {
 	if cfg.MaxSDPBytes <= 0 {
 		cfg.MaxSDPBytes = 64 << 10
 	}
@@ -71,7 +73,7 @@ func New(cfg Config, rtc *media.WebRTC, streams *Streams, reg prometheus.Registe
 			Help: "HTTP requests by route and status code."}, []string{"route", "code"}),
 	}
 	reg.MustRegister(m.requests)
-	return &Server{cfg: cfg, rtc: rtc, streams: streams, gatherer: gatherer, log: log, metrics: m,
+	return &Server{cfg: cfg, rtc: rtc, streams: streams, store: store, gatherer: gatherer, log: log, metrics: m,
 		sessions: map[string]*session{}}
 }
 
@@ -107,6 +109,7 @@ func (s *Server) Handler(extra func(mux *http.ServeMux)) http.Handler {
 	route("DELETE /api/v1/streams/{stream}", s.admin(s.deleteStream))
 	route("POST /api/v1/streams/{stream}/key", s.admin(s.rotateKey))
 	route("OPTIONS /api/v1/", s.options)
+	s.catalogRoutes(route)
 
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {

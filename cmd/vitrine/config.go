@@ -20,6 +20,8 @@ type Config struct {
 	Data       string `yaml:"data"`
 	PublicURL  string `yaml:"public_url"`
 	AdminToken string `yaml:"admin_token"`
+	// Store is a PostgreSQL DSN; empty means SQLite in the data directory.
+	Store string `yaml:"store"`
 
 	WebRTC struct {
 		ListenIP        string                `yaml:"listen_ip"`
@@ -105,6 +107,7 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	envString("VITRINE_PUBLIC_URL", &c.PublicURL)
 	envString("VITRINE_ADMIN_TOKEN", &c.AdminToken)
 	envString("VITRINE_DEMO_KEY", &c.Demo.Key)
+	envString("VITRINE_STORE", &c.Store)
 	envString("VITRINE_LOG_LEVEL", &c.Log.Level)
 	if v := getenv("VITRINE_UDP_PORT"); v != "" {
 		n, err := strconv.Atoi(v)

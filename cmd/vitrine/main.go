@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/vitrine-live/vitrine/media"
+	"github.com/vitrine-live/vitrine/overlay/sqlstore"
 	"github.com/vitrine-live/vitrine/signaling"
 	"github.com/vitrine-live/vitrine/web"
 )
@@ -83,6 +84,7 @@ type app struct {
 	listener net.Listener
 	demo     signaling.StreamDef
 	tokenGen bool
+	store    *sqlstore.Store
 }
 
 func start(cfg Config, logOut io.Writer) (*app, error) {
@@ -124,8 +126,19 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 		rtc.Close()
 		return nil, err
 	}
+	storeDSN := cfg.Store
+	if storeDSN == "" {
+		storeDSN = filepath.Join(cfg.Data, "vitrine.db")
+	}
+	a.store, err = sqlstore.Open(context.Background(), storeDSN)
+	if err != nil {
+		a.streams.Close()
+		rtc.Close()
+		return nil, fmt.Errorf("store: %w", err)
+	}
 	if cfg.Demo.Enabled {
 		if err := a.ensureDemo(); err != nil {
+			a.store.Close()
 			a.streams.Close()
 			rtc.Close()
 			return nil, err
@@ -139,10 +152,11 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 		Takeover:     cfg.Streams.Takeover,
 		Version:      version,
 		Commit:       commit(),
-	}, rtc, a.streams, reg, reg, log)
+	}, rtc, a.streams, a.store, reg, reg, log)
 
 	a.listener, err = net.Listen("tcp", cfg.HTTP)
 	if err != nil {
+		a.store.Close()
 		a.streams.Close()
 		rtc.Close()
 		return nil, fmt.Errorf("http: %w", err)
@@ -214,7 +228,7 @@ func (a *app) Close() error {
 	defer cancel()
 	err := a.http.Shutdown(ctx)
 	a.streams.Close()
-	return errors.Join(err, a.rtc.Close())
+	return errors.Join(err, a.rtc.Close(), a.store.Close())
 }
 
 func newLogger(cfg Config, out io.Writer) *slog.Logger {
