@@ -118,6 +118,8 @@ type Store interface {
 	MarkDelivered(ctx context.Context, eventID string, now time.Time) error
 	// RetryEvent schedules the next attempt of an event at next.
 	RetryEvent(ctx context.Context, eventID string, next time.Time, lastError string) error
+	// OutboxDepth counts events the merchant has not acknowledged yet.
+	OutboxDepth(ctx context.Context) (int64, error)
 
 	Close() error
 }

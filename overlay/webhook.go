@@ -93,6 +93,8 @@ type WebhookConfig struct {
 	// with each failed attempt (defaults 1 s and 10 min).
 	MinBackoff, MaxBackoff time.Duration
 	Logger                 *slog.Logger
+	// Metrics, when set, counts deliveries by result.
+	Metrics *Metrics
 }
 
 // WebhookWorker delivers outbox events to the merchant until acknowledged.
@@ -200,6 +202,13 @@ func (w *WebhookWorker) deliver(ctx context.Context, e Event) {
 	// must be marked, or it will be sent again.
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
+	if w.cfg.Metrics != nil {
+		result := "delivered"
+		if postErr != nil {
+			result = "failed"
+		}
+		w.cfg.Metrics.Webhooks.WithLabelValues(result).Inc()
+	}
 	if postErr == nil {
 		if err := w.outbox.MarkDelivered(bctx, e.ID, time.Now()); err != nil {
 			w.cfg.Logger.Error("webhook: mark delivered", "event", e.ID, "err", err)

@@ -37,6 +37,11 @@ type Config struct {
 	MaxSDPBytes  int64 // offers and sdpfrags larger than this are refused
 	Version      string
 	Commit       string
+	// ViewerSecret signs viewer tokens (per-viewer purchase limits).
+	ViewerSecret []byte
+	// Show configures every stream's commerce overlay; its Store is the
+	// store passed to New.
+	Show overlay.ShowConfig
 }
 
 // Server serves the HTTP API.
@@ -49,13 +54,17 @@ type Server struct {
 	log      *slog.Logger
 	metrics  *edgeMetrics
 
+	showCfg  overlay.ShowConfig
+
 	mu       sync.Mutex
 	sessions map[string]*session // by id, WHIP and WHEP
+	shows    map[string]*overlay.Show
 	ready    bool
 }
 
 type edgeMetrics struct {
-	requests *prometheus.CounterVec
+	requests    *prometheus.CounterVec
+	badMessages prometheus.Counter
 }
 
 // New builds the HTTP edge. reg receives its metrics; gatherer is what
@@ -71,10 +80,21 @@ func New(cfg Config, rtc *media.WebRTC, streams *Streams, store overlay.Store, r
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vitrine_http_requests_total",
 			Help: "HTTP requests by route and status code."}, []string{"route", "code"}),
+		badMessages: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vitrine_viewer_messages_rejected_total",
+			Help: "Data-channel messages from viewers that were malformed, oversized or of an unknown type."}),
 	}
-	reg.MustRegister(m.requests)
+	reg.MustRegister(m.requests, m.badMessages)
+	showCfg := cfg.Show
+	showCfg.Store = store
+	if showCfg.Log == nil {
+		showCfg.Log = log
+	}
+	if showCfg.Metrics == nil {
+		showCfg.Metrics = overlay.NewMetrics(reg)
+	}
 	return &Server{cfg: cfg, rtc: rtc, streams: streams, store: store, gatherer: gatherer, log: log, metrics: m,
-		sessions: map[string]*session{}}
+		showCfg: showCfg, sessions: map[string]*session{}, shows: map[string]*overlay.Show{}}
 }
 
 // SetReady makes /readyz answer 200 (after startup completed).
@@ -110,6 +130,7 @@ func (s *Server) Handler(extra func(mux *http.ServeMux)) http.Handler {
 	route("POST /api/v1/streams/{stream}/key", s.admin(s.rotateKey))
 	route("OPTIONS /api/v1/", s.options)
 	s.catalogRoutes(route)
+	s.overlayRoutes(route)
 
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -298,6 +319,14 @@ func (s *Server) getStream(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) deleteStream(w http.ResponseWriter, r *http.Request) {
 	err := s.streams.Delete(r.PathValue("stream"))
+	if err == nil {
+		s.mu.Lock()
+		if sh, ok := s.shows[r.PathValue("stream")]; ok {
+			sh.Close()
+			delete(s.shows, r.PathValue("stream"))
+		}
+		s.mu.Unlock()
+	}
 	switch {
 	case errors.Is(err, ErrStreamUnknown):
 		writeError(w, http.StatusNotFound, "unknown_stream", err.Error())

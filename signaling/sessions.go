@@ -80,27 +80,46 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), answerTimeout)
 	defer cancel()
-	var watchMu sync.Mutex
-	var cancelWatch func()
+	viewer, _ := s.viewerID(r.URL.Query().Get("viewer"))
+	sh := s.show(name, st)
+	var mu sync.Mutex
+	var cancels []func()
+	closed := false
 	hooks := media.ViewerHooks{
-		// The player learns the stream's state on its data channel, first
-		// thing and on every change, so it can show a waiting, reconnecting
-		// or ended screen and resume by itself.
+		// On its data channel the player gets the overlay snapshot first
+		// (card, sale, stock), then who it is (a token to keep for next
+		// time), the stream's state (for its waiting, reconnecting and ended
+		// screens) and every live cue.
 		ChannelOpen: func(v *media.Viewer) {
-			c := st.Watch(func(state media.State, reason string) {
+			send := func(b []byte) { _ = v.Send(b) }
+			c1 := sh.Subscribe(send)
+			welcome, _ := json.Marshal(viewerReply{V: 1, Type: "welcome", Viewer: s.viewerToken(viewer)})
+			send(welcome)
+			c2 := st.Watch(func(state media.State, reason string) {
 				msg, _ := json.Marshal(StateMessage{V: 1, Type: "stream.state", State: state, Reason: reason})
-				_ = v.Send(msg)
+				send(msg)
 			})
-			watchMu.Lock()
-			cancelWatch = c
-			watchMu.Unlock()
+			mu.Lock()
+			defer mu.Unlock()
+			if closed { // the viewer left while the channel opened
+				c1()
+				c2()
+				return
+			}
+			cancels = append(cancels, c1, c2)
+		},
+		Message: func(v *media.Viewer, msg []byte) {
+			reply, _ := json.Marshal(s.onViewerMessage(sh, viewer, msg))
+			_ = v.Send(reply)
 		},
 		Closed: func(*media.Viewer) {
-			watchMu.Lock()
-			defer watchMu.Unlock()
-			if cancelWatch != nil {
-				cancelWatch()
+			mu.Lock()
+			defer mu.Unlock()
+			closed = true
+			for _, c := range cancels {
+				c()
 			}
+			cancels = nil
 		},
 	}
 	v, answer, err := s.rtc.Watch(ctx, st, offer, hooks)

@@ -40,6 +40,12 @@ type Config struct {
 		Takeover         bool          `yaml:"takeover"`
 	} `yaml:"streams"`
 
+	Commerce struct {
+		ReservationTTL time.Duration `yaml:"reservation_ttl"`
+		WebhookURL     string        `yaml:"webhook_url"`
+		WebhookSecret  string        `yaml:"webhook_secret"`
+	} `yaml:"commerce"`
+
 	CORS struct {
 		AllowOrigins []string `yaml:"allow_origins"`
 	} `yaml:"cors"`
@@ -65,6 +71,7 @@ func defaultConfig() Config {
 	c.Streams.Grace = 10 * time.Second
 	c.Streams.KeyframeInterval = 500 * time.Millisecond
 	c.Streams.StaleAfter = 3 * time.Second
+	c.Commerce.ReservationTTL = 5 * time.Minute
 	c.CORS.AllowOrigins = []string{"*"}
 	c.Demo.Enabled = true
 	c.Log.Level = "info"
@@ -108,6 +115,8 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	envString("VITRINE_ADMIN_TOKEN", &c.AdminToken)
 	envString("VITRINE_DEMO_KEY", &c.Demo.Key)
 	envString("VITRINE_STORE", &c.Store)
+	envString("VITRINE_WEBHOOK_URL", &c.Commerce.WebhookURL)
+	envString("VITRINE_WEBHOOK_SECRET", &c.Commerce.WebhookSecret)
 	envString("VITRINE_LOG_LEVEL", &c.Log.Level)
 	if v := getenv("VITRINE_UDP_PORT"); v != "" {
 		n, err := strconv.Atoi(v)

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,12 +18,14 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/vitrine-live/vitrine/media"
+	"github.com/vitrine-live/vitrine/overlay"
 	"github.com/vitrine-live/vitrine/overlay/sqlstore"
 	"github.com/vitrine-live/vitrine/signaling"
 	"github.com/vitrine-live/vitrine/web"
@@ -85,6 +88,8 @@ type app struct {
 	demo     signaling.StreamDef
 	tokenGen bool
 	store    *sqlstore.Store
+	stop     context.CancelFunc
+	workers  sync.WaitGroup
 }
 
 func start(cfg Config, logOut io.Writer) (*app, error) {
@@ -145,7 +150,17 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 		}
 	}
 
+	secret, err := loadSecret(filepath.Join(cfg.Data, "secret"))
+	if err != nil {
+		a.store.Close()
+		a.streams.Close()
+		rtc.Close()
+		return nil, err
+	}
+	om := overlay.NewMetrics(reg)
 	a.edge = signaling.New(signaling.Config{
+		ViewerSecret: secret,
+		Show:         overlay.ShowConfig{ReservationTTL: cfg.Commerce.ReservationTTL, Metrics: om, Log: log},
 		AdminToken:   a.cfg.AdminToken,
 		AllowOrigins: cfg.CORS.AllowOrigins,
 		ICEServers:   cfg.WebRTC.ICEServers,
@@ -171,6 +186,19 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 			log.Error("http server stopped", "err", err)
 		}
 	}()
+	ctx, stop := context.WithCancel(context.Background())
+	a.stop = stop
+	a.workers.Go(func() { a.sweepReservations(ctx) })
+	a.workers.Go(func() { a.watchOutbox(ctx, om) })
+	if cfg.Commerce.WebhookURL != "" {
+		worker, err := overlay.NewWebhookWorker(a.store, overlay.WebhookConfig{
+			URL: cfg.Commerce.WebhookURL, Secret: []byte(cfg.Commerce.WebhookSecret), Logger: log, Metrics: om})
+		if err != nil {
+			a.Close()
+			return nil, err
+		}
+		a.workers.Go(func() { _ = worker.Run(ctx) })
+	}
 	a.edge.SetReady(true)
 	log.Info("vitrine started", "http", a.listener.Addr().String(), "udp", rtc.UDPAddr().String(), "version", version)
 	return a, nil
@@ -227,8 +255,72 @@ func (a *app) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := a.http.Shutdown(ctx)
+	a.stop()
+	a.workers.Wait()
 	a.streams.Close()
 	return errors.Join(err, a.rtc.Close(), a.store.Close())
+}
+
+// sweepReservations returns the units of reservations nobody confirmed in
+// time, and tells the shows so viewers see the stock come back.
+func (a *app) sweepReservations(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		n, err := a.store.ExpireReservations(ctx, time.Now())
+		if err != nil {
+			a.log.Warn("expire reservations", "err", err)
+			continue
+		}
+		if n > 0 {
+			a.edge.Shows(func(sh *overlay.Show) {
+				for _, sku := range sh.CurrentSKUs() {
+					sh.StockChanged(sku)
+				}
+			})
+		}
+	}
+}
+
+// watchOutbox keeps the outbox depth gauge current: a growing outbox means
+// the merchant is not acknowledging.
+func (a *app) watchOutbox(ctx context.Context, m *overlay.Metrics) {
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		if n, err := a.store.OutboxDepth(ctx); err == nil {
+			m.OutboxDepth.Set(float64(n))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// loadSecret reads the server's signing secret, creating it on first start.
+func loadSecret(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err == nil && len(b) >= 32 {
+		return b, nil
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("secret: %w", err)
+	}
+	b = make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return nil, fmt.Errorf("secret: %w", err)
+	}
+	return b, nil
 }
 
 func newLogger(cfg Config, out io.Writer) *slog.Logger {

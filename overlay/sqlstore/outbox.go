@@ -94,3 +94,12 @@ func (s *Store) RetryEvent(ctx context.Context, eventID string, next time.Time, 
 	}
 	return nil
 }
+
+// OutboxDepth counts events not yet acknowledged by the merchant.
+func (s *Store) OutboxDepth(ctx context.Context) (int64, error) {
+	var n int64
+	if err := s.read.QueryRowContext(ctx, `SELECT count(*) FROM outbox WHERE delivered_at = 0`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("outbox depth: %w", err)
+	}
+	return n, nil
+}

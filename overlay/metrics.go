@@ -1,0 +1,59 @@
+package overlay
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the commerce collectors, registered on the registry handed to
+// NewMetrics.
+type Metrics struct {
+	cues        *prometheus.CounterVec
+	cueLag      prometheus.Histogram
+	messages    *prometheus.CounterVec
+	subscribers prometheus.Gauge
+	buys        *prometheus.CounterVec
+	buyLatency  prometheus.Histogram
+	orders      prometheus.Counter
+	revenue     *prometheus.CounterVec
+	unitsLeft   *prometheus.GaugeVec
+	Webhooks    *prometheus.CounterVec
+	OutboxDepth prometheus.Gauge
+}
+
+// NewMetrics creates the collectors and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		cues: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_cues_total", Help: "Cues applied, by type."}, []string{"type"}),
+		cueLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "vitrine_cue_delivery_seconds",
+			Help:    "From a cue's request to its message handed to every viewer's channel.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1}}),
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_overlay_messages_total", Help: "Overlay messages sent to viewers (one per viewer), by type."}, []string{"type"}),
+		subscribers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vitrine_overlay_subscribers", Help: "Viewers receiving overlay messages (data channel or SSE)."}),
+		buys: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_buy_attempts_total", Help: "Buy attempts by result: reserved, sold_out, limit_reached, sale_over, ..., invalid, error."}, []string{"result"}),
+		buyLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "vitrine_buy_seconds",
+			Help:    "Time to answer a buy (store round trip included).",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}}),
+		orders: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vitrine_orders_confirmed_total", Help: "Orders confirmed."}),
+		revenue: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_revenue_minor_total", Help: "Confirmed revenue in minor units (cents), by currency."}, []string{"currency"}),
+		unitsLeft: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vitrine_sale_units_left", Help: "Units left in a running flash sale."}, []string{"stream", "sku"}),
+		Webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_webhook_deliveries_total", Help: "Webhook delivery attempts by result: delivered, failed."}, []string{"result"}),
+		OutboxDepth: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vitrine_webhook_outbox_depth", Help: "Events waiting in the outbox for the merchant."}),
+	}
+	reg.MustRegister(m.cues, m.cueLag, m.messages, m.subscribers, m.buys, m.buyLatency, m.orders, m.revenue, m.unitsLeft,
+		m.Webhooks, m.OutboxDepth)
+	return m
+}
+
+func (m *Metrics) orderConfirmed(o Order) {
+	m.orders.Inc()
+	m.revenue.WithLabelValues(o.Currency).Add(float64(o.TotalMinor()))
+}

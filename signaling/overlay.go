@@ -1,0 +1,365 @@
+package signaling
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/vitrine-live/vitrine/media"
+	"github.com/vitrine-live/vitrine/overlay"
+)
+
+// overlayRoutes mounts the live-commerce API: cues, the overlay snapshot and
+// its event stream, buying and confirming.
+func (s *Server) overlayRoutes(route func(string, http.HandlerFunc)) {
+	route("POST /api/v1/streams/{stream}/cues", s.postCue)
+	route("GET /api/v1/streams/{stream}/overlay", s.getOverlay)
+	route("GET /api/v1/streams/{stream}/events", s.events)
+	route("POST /api/v1/streams/{stream}/buy", s.postBuy)
+	route("POST /api/v1/orders/{order}/confirm", s.postConfirm)
+	route("GET /api/v1/streams/{stream}/orders", s.getOrders)
+}
+
+// streamClock is the media clock the overlay stamps cues with: the video
+// RTP timestamps every viewer receives.
+type streamClock struct{ st *media.Stream }
+
+func (c streamClock) Latest() (uint32, bool)        { return c.st.Video.LastTimestamp() }
+func (c streamClock) At(t time.Time) (uint32, bool) { return c.st.Video.RTPTimeAt(t) }
+
+// show returns the stream's overlay show, starting it on first use.
+func (s *Server) show(name string, st *media.Stream) *overlay.Show {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sh, ok := s.shows[name]
+	if !ok {
+		sh = overlay.NewShow(name, streamClock{st}, s.showCfg)
+		s.shows[name] = sh
+	}
+	return sh
+}
+
+// Shows calls fn for every running show (the reservation sweeper uses it to
+// announce returned stock).
+func (s *Server) Shows(fn func(*overlay.Show)) {
+	s.mu.Lock()
+	all := make([]*overlay.Show, 0, len(s.shows))
+	for _, sh := range s.shows {
+		all = append(all, sh)
+	}
+	s.mu.Unlock()
+	for _, sh := range all {
+		fn(sh)
+	}
+}
+
+// streamAuth lets the stream's creator (its key) or the admin act on it.
+func (s *Server) streamAuth(w http.ResponseWriter, r *http.Request) (StreamDef, *media.Stream, bool) {
+	def, st, ok := s.streams.Get(r.PathValue("stream"))
+	if !ok {
+		writeError(w, http.StatusNotFound, "unknown_stream", ErrStreamUnknown.Error())
+		return def, nil, false
+	}
+	tok, ok := bearer(r)
+	if !ok {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="vitrine"`)
+		writeError(w, http.StatusUnauthorized, "unauthorized", "send the stream key or the admin token as Authorization: Bearer <token>")
+		return def, nil, false
+	}
+	if !def.CheckKey(tok) && tok != s.cfg.AdminToken {
+		writeError(w, http.StatusForbidden, "forbidden", "this token cannot act on this stream")
+		return def, nil, false
+	}
+	return def, st, true
+}
+
+func (s *Server) postCue(w http.ResponseWriter, r *http.Request) {
+	def, st, ok := s.streamAuth(w, r)
+	if !ok {
+		return
+	}
+	var req overlay.CueRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	m, err := s.show(def.Name, st).Cue(r.Context(), req)
+	if err != nil {
+		s.cueError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, m)
+}
+
+func (s *Server) cueError(w http.ResponseWriter, err error) {
+	var fe *overlay.FieldError
+	switch {
+	case errors.Is(err, overlay.ErrBadCue), errors.As(err, &fe):
+		writeError(w, http.StatusBadRequest, "invalid_cue", err.Error())
+	case errors.Is(err, overlay.ErrUnknownSKU):
+		writeError(w, http.StatusNotFound, "unknown_product", err.Error())
+	case errors.Is(err, overlay.ErrNothingToHide), errors.Is(err, overlay.ErrNoSale), errors.Is(err, overlay.ErrSaleRunning):
+		writeError(w, http.StatusConflict, "conflict", err.Error())
+	default:
+		s.internalError(w, "cue", err)
+	}
+}
+
+func (s *Server) getOverlay(w http.ResponseWriter, r *http.Request) {
+	def, st, ok := s.streams.Get(r.PathValue("stream"))
+	if !ok {
+		writeError(w, http.StatusNotFound, "unknown_stream", ErrStreamUnknown.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, s.show(def.Name, st).Snapshot())
+}
+
+// events serves the overlay and the stream state as Server-Sent Events, for
+// clients without WebRTC: the snapshot first, then live messages.
+func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+	def, st, ok := s.streams.Get(r.PathValue("stream"))
+	if !ok {
+		writeError(w, http.StatusNotFound, "unknown_stream", ErrStreamUnknown.Error())
+		return
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		writeError(w, http.StatusInternalServerError, "internal", "streaming unsupported")
+		return
+	}
+	// A slow reader gets a bounded queue; when it overflows the stream is
+	// closed and the client reconnects to a fresh snapshot, instead of the
+	// show waiting for it.
+	queue := make(chan []byte, 256)
+	overflow := make(chan struct{})
+	var overflowed bool
+	send := func(b []byte) {
+		select {
+		case queue <- b:
+		default:
+			if !overflowed {
+				overflowed = true
+				close(overflow)
+			}
+		}
+	}
+	unsubscribe := s.show(def.Name, st).Subscribe(send)
+	defer unsubscribe()
+	unwatch := st.Watch(func(state media.State, reason string) {
+		b, _ := json.Marshal(StateMessage{V: 1, Type: "stream.state", State: state, Reason: reason})
+		send(b)
+	})
+	defer unwatch()
+
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	flusher.Flush()
+	keepalive := time.NewTicker(15 * time.Second)
+	defer keepalive.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-overflow:
+			return
+		case <-keepalive.C:
+			fmt.Fprint(w, ": keepalive\n\n")
+		case b := <-queue:
+			fmt.Fprintf(w, "data: %s\n\n", b)
+		}
+		flusher.Flush()
+	}
+}
+
+// viewerToken identifies a viewer across sessions for per-viewer limits: an
+// id and its HMAC under the server's secret, so a viewer cannot claim
+// another's id. The watch page keeps it and sends it back (?viewer= on WHEP,
+// Vitrine-Viewer on HTTP).
+func (s *Server) viewerToken(id string) string {
+	mac := hmac.New(sha256.New, s.cfg.ViewerSecret)
+	mac.Write([]byte(id))
+	return id + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil)[:12])
+}
+
+// viewerID returns the id in a valid token, or a new id.
+func (s *Server) viewerID(token string) (id string, fresh bool) {
+	if id, _, ok := strings.Cut(token, "."); ok && len(id) <= 64 && hmac.Equal([]byte(s.viewerToken(id)), []byte(token)) {
+		return id, false
+	}
+	return "v" + media.NewID(), true
+}
+
+// ViewerMessage is what a viewer sends on the data channel.
+type ViewerMessage struct {
+	Type    string `json:"type"`
+	SKU     string `json:"sku,omitempty"`
+	Qty     int64  `json:"qty,omitempty"`
+	Key     string `json:"key,omitempty"`
+	OrderID string `json:"order_id,omitempty"`
+}
+
+// maxViewerMessage caps what a viewer may send in one message.
+const maxViewerMessage = 4096
+
+// viewerReply answers a viewer's message on its data channel.
+type viewerReply struct {
+	V       int                `json:"v"`
+	Type    string             `json:"type"`
+	Key     string             `json:"key,omitempty"`
+	Result  *overlay.BuyResult `json:"result,omitempty"`
+	Order   *overlay.Order     `json:"order,omitempty"`
+	Code    string             `json:"code,omitempty"`
+	Message string             `json:"message,omitempty"`
+	Viewer  string             `json:"viewer,omitempty"`
+}
+
+// onViewerMessage handles buy and confirm from the data channel. A bad
+// message gets an error reply; the viewer's session and the stream go on.
+func (s *Server) onViewerMessage(sh *overlay.Show, viewer string, raw []byte) viewerReply {
+	if len(raw) > maxViewerMessage {
+		s.metrics.badMessages.Inc()
+		return viewerReply{V: 1, Type: "error", Code: "too_large", Message: fmt.Sprintf("messages are at most %d bytes", maxViewerMessage)}
+	}
+	var m ViewerMessage
+	if err := json.Unmarshal(raw, &m); err != nil {
+		s.metrics.badMessages.Inc()
+		return viewerReply{V: 1, Type: "error", Code: "bad_message", Message: "not a JSON message"}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	switch m.Type {
+	case "buy":
+		res, err := sh.Buy(ctx, viewer, m.SKU, m.Qty, m.Key)
+		if err != nil {
+			code, msg := buyErrorCode(err)
+			if code == "internal" {
+				s.log.Error("buy", "err", err)
+			}
+			return viewerReply{V: 1, Type: "error", Code: code, Message: msg, Key: m.Key}
+		}
+		return viewerReply{V: 1, Type: "buy.result", Key: m.Key, Result: &res}
+	case "confirm":
+		o, err := sh.Confirm(ctx, viewer, m.OrderID)
+		if err != nil {
+			_, code, msg := confirmError(err)
+			if code == "internal" {
+				s.log.Error("confirm", "err", err)
+			}
+			return viewerReply{V: 1, Type: "error", Code: code, Message: msg}
+		}
+		return viewerReply{V: 1, Type: "confirm.result", Order: &o}
+	default:
+		s.metrics.badMessages.Inc()
+		return viewerReply{V: 1, Type: "error", Code: "bad_message", Message: "type must be buy or confirm"}
+	}
+}
+
+func buyErrorCode(err error) (string, string) {
+	var fe *overlay.FieldError
+	switch {
+	case errors.As(err, &fe):
+		return "invalid", err.Error()
+	case errors.Is(err, overlay.ErrKeyReused):
+		return "key_reused", err.Error()
+	}
+	return "internal", "the buy could not be processed; try again"
+}
+
+func confirmError(err error) (int, string, string) {
+	switch {
+	case errors.Is(err, overlay.ErrNotFound):
+		return http.StatusNotFound, "unknown_order", "no such order"
+	case errors.Is(err, overlay.ErrForeignViewer):
+		return http.StatusForbidden, "foreign_order", "this order belongs to another viewer"
+	case errors.Is(err, overlay.ErrReservationExpired):
+		return http.StatusGone, "reservation_expired", "the reservation ran out and the units went back on sale"
+	case errors.Is(err, overlay.ErrOrderClosed):
+		return http.StatusConflict, "order_closed", "the order was cancelled"
+	}
+	return http.StatusInternalServerError, "internal", "the confirmation could not be processed; try again"
+}
+
+// postBuy is the HTTP twin of the data channel's buy, for pages that prefer it.
+func (s *Server) postBuy(w http.ResponseWriter, r *http.Request) {
+	def, st, ok := s.streams.Get(r.PathValue("stream"))
+	if !ok {
+		writeError(w, http.StatusNotFound, "unknown_stream", ErrStreamUnknown.Error())
+		return
+	}
+	var m ViewerMessage
+	if !readJSON(w, r, &m) {
+		return
+	}
+	viewer, fresh := s.viewerID(r.Header.Get("Vitrine-Viewer"))
+	if fresh {
+		w.Header().Set("Vitrine-Viewer", s.viewerToken(viewer))
+	}
+	res, err := s.show(def.Name, st).Buy(r.Context(), viewer, m.SKU, m.Qty, m.Key)
+	if err != nil {
+		code, msg := buyErrorCode(err)
+		switch code {
+		case "internal":
+			s.internalError(w, "buy", err)
+		case "key_reused":
+			writeError(w, http.StatusConflict, code, msg)
+		default:
+			writeError(w, http.StatusBadRequest, code, msg)
+		}
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+func (s *Server) postConfirm(w http.ResponseWriter, r *http.Request) {
+	viewer, fresh := s.viewerID(r.Header.Get("Vitrine-Viewer"))
+	if fresh {
+		writeError(w, http.StatusUnauthorized, "unknown_viewer", "send the Vitrine-Viewer token the buy answered with")
+		return
+	}
+	o, err := s.store.Order(r.Context(), r.PathValue("order"))
+	if err == nil {
+		_, st, ok := s.streams.Get(o.Stream)
+		if !ok {
+			err = overlay.ErrNotFound
+		} else {
+			o, err = s.show(o.Stream, st).Confirm(r.Context(), viewer, o.ID)
+		}
+	}
+	if err != nil {
+		status, code, msg := confirmError(err)
+		if status == http.StatusInternalServerError {
+			s.log.Error("confirm", "err", err)
+		}
+		writeError(w, status, code, msg)
+		return
+	}
+	writeJSON(w, http.StatusOK, o)
+}
+
+// getOrders is for the studio: the stream's latest orders and totals.
+func (s *Server) getOrders(w http.ResponseWriter, r *http.Request) {
+	def, _, ok := s.streamAuth(w, r)
+	if !ok {
+		return
+	}
+	orders, err := s.store.Orders(r.Context(), def.Name, 100)
+	if err != nil {
+		s.internalError(w, "orders", err)
+		return
+	}
+	stats, err := s.store.Stats(r.Context(), def.Name)
+	if err != nil {
+		s.internalError(w, "orders", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"orders": orders, "stats": stats})
+}
