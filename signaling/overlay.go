@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vitrine-live/vitrine/media"
@@ -128,25 +129,18 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "unknown_stream", ErrStreamUnknown.Error())
 		return
 	}
-	flusher, ok := w.(http.Flusher)
-	if !ok {
-		writeError(w, http.StatusInternalServerError, "internal", "streaming unsupported")
-		return
-	}
+	rc := http.NewResponseController(w)
 	// A slow reader gets a bounded queue; when it overflows the stream is
 	// closed and the client reconnects to a fresh snapshot, instead of the
 	// show waiting for it.
 	queue := make(chan []byte, 256)
 	overflow := make(chan struct{})
-	var overflowed bool
+	var once sync.Once
 	send := func(b []byte) {
 		select {
 		case queue <- b:
 		default:
-			if !overflowed {
-				overflowed = true
-				close(overflow)
-			}
+			once.Do(func() { close(overflow) })
 		}
 	}
 	unsubscribe := s.show(def.Name, st).Subscribe(send)
@@ -162,7 +156,9 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	flusher.Flush()
+	if err := rc.Flush(); err != nil {
+		return
+	}
 	keepalive := time.NewTicker(15 * time.Second)
 	defer keepalive.Stop()
 	for {
@@ -176,7 +172,9 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		case b := <-queue:
 			fmt.Fprintf(w, "data: %s\n\n", b)
 		}
-		flusher.Flush()
+		if err := rc.Flush(); err != nil {
+			return
+		}
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -143,7 +144,8 @@ func (s *sentSet) has(p []byte) bool {
 
 // play sends the clip in a loop at real-time pace until ctx ends, with
 // timestamps that keep increasing across loops.
-func (c *clip) play(ctx context.Context, video, audio *webrtc.TrackLocalStaticRTP, sent *sentSet) {
+// lastTS, when not nil, follows the timestamp of the frame being sent.
+func (c *clip) play(ctx context.Context, video, audio *webrtc.TrackLocalStaticRTP, sent *sentSet, lastTS *atomic.Uint32) {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
@@ -153,6 +155,9 @@ func (c *clip) play(ctx context.Context, video, audio *webrtc.TrackLocalStaticRT
 		ts, seq := uint32(0), uint16(0)
 		for i := 0; ; i++ {
 			frame := c.video[i%len(c.video)]
+			if lastTS != nil {
+				lastTS.Store(ts)
+			}
 			for j, p := range frame {
 				q := *p
 				q.Timestamp, q.SequenceNumber, q.Marker = ts, seq, j == len(frame)-1

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -181,6 +182,7 @@ type publisher struct {
 	sess   *client.Session
 	cancel context.CancelFunc
 	done   chan struct{}
+	lastTS atomic.Uint32 // timestamp of the video frame being sent
 }
 
 // publish goes live with the test clip over WHIP. A 409 is retried as a
@@ -210,7 +212,7 @@ func publish(t *testing.T, api *webrtc.API, base, stream, key string, c *clip, s
 		p := &publisher{sess: sess, cancel: stop, done: make(chan struct{})}
 		go func() {
 			defer close(p.done)
-			c.play(playCtx, video, audio, sent)
+			c.play(playCtx, video, audio, sent, &p.lastTS)
 		}()
 		t.Cleanup(p.stop)
 		return p
