@@ -139,6 +139,8 @@ type Show struct {
 	nextSub  int
 	nextCue  int
 	dirty    map[string]bool
+	run      RunOfShow
+	runStop  chan struct{}
 	stop     chan struct{}
 	stopOnce sync.Once
 }

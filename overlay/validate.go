@@ -3,6 +3,7 @@ package overlay
 import (
 	"fmt"
 	"net/url"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -131,6 +132,9 @@ func validateSKU(field, s string) error {
 			return fieldErr(field, "may contain only letters, digits, '-', '_' and '.', got %q", s)
 		}
 	}
+	if s == "." || s == ".." {
+		return fieldErr(field, "cannot be %q: it is a path step in URLs", s)
+	}
 	return nil
 }
 
@@ -183,9 +187,17 @@ func validateImageURL(s string) error {
 	if len(s) > MaxURLLen {
 		return fieldErr("image_url", "must be at most %d characters", MaxURLLen)
 	}
+	// A path on this server, like the demo catalog's /static/demo/mug.svg.
+	// "//host/..." and "/\host/..." are refused: browsers read both as
+	// another host.
+	if strings.HasPrefix(s, "/") && !strings.HasPrefix(s, "//") && !strings.ContainsRune(s, '\\') {
+		if u, err := url.Parse(s); err == nil && u.Scheme == "" && u.Host == "" {
+			return nil
+		}
+	}
 	u, err := url.Parse(s)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return fieldErr("image_url", "must be an absolute http(s) URL")
+		return fieldErr("image_url", "must be an absolute http(s) URL or a path on this server starting with /")
 	}
 	return nil
 }

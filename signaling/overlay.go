@@ -26,6 +26,60 @@ func (s *Server) overlayRoutes(route func(string, http.HandlerFunc)) {
 	route("POST /api/v1/streams/{stream}/buy", s.postBuy)
 	route("POST /api/v1/orders/{order}/confirm", s.postConfirm)
 	route("GET /api/v1/streams/{stream}/orders", s.getOrders)
+	route("PUT /api/v1/streams/{stream}/run-of-show", s.putRunOfShow)
+	route("GET /api/v1/streams/{stream}/run-of-show", s.getRunOfShow)
+	route("POST /api/v1/streams/{stream}/run-of-show/start", s.startRunOfShow)
+	route("POST /api/v1/streams/{stream}/run-of-show/stop", s.stopRunOfShow)
+}
+
+func (s *Server) putRunOfShow(w http.ResponseWriter, r *http.Request) {
+	def, st, ok := s.streamAuth(w, r)
+	if !ok {
+		return
+	}
+	var req struct {
+		Cues []overlay.TimedCue `json:"cues"`
+	}
+	if !readJSON(w, r, &req) {
+		return
+	}
+	sh := s.show(def.Name, st)
+	if err := sh.LoadRunOfShow(req.Cues); err != nil {
+		s.cueError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sh.RunOfShowState())
+}
+
+func (s *Server) getRunOfShow(w http.ResponseWriter, r *http.Request) {
+	def, st, ok := s.streamAuth(w, r)
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, s.show(def.Name, st).RunOfShowState())
+}
+
+func (s *Server) startRunOfShow(w http.ResponseWriter, r *http.Request) {
+	def, st, ok := s.streamAuth(w, r)
+	if !ok {
+		return
+	}
+	run, err := s.show(def.Name, st).StartRunOfShow()
+	if err != nil {
+		s.cueError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, run)
+}
+
+func (s *Server) stopRunOfShow(w http.ResponseWriter, r *http.Request) {
+	def, st, ok := s.streamAuth(w, r)
+	if !ok {
+		return
+	}
+	sh := s.show(def.Name, st)
+	sh.StopRunOfShow()
+	writeJSON(w, http.StatusOK, sh.RunOfShowState())
 }
 
 // streamClock is the media clock the overlay stamps cues with: the video

@@ -206,7 +206,7 @@ func (s *Server) originAllowed(origin string) bool {
 
 func (s *Server) options(w http.ResponseWriter, r *http.Request) {
 	hdr := w.Header()
-	hdr.Set("Access-Control-Allow-Methods", "GET, POST, PATCH, DELETE, OPTIONS")
+	hdr.Set("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS")
 	hdr.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, If-Match, Idempotency-Key")
 	hdr.Set("Access-Control-Max-Age", "86400")
 	if strings.HasPrefix(r.URL.Path, "/whip/") || strings.HasPrefix(r.URL.Path, "/whep/") {

@@ -142,7 +142,12 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	if cfg.Demo.Enabled {
-		if err := a.ensureDemo(); err != nil {
+		err := a.ensureDemo()
+		if err == nil {
+			// Only into an empty catalog: an operator's products stay.
+			err = overlay.SeedDemoCatalog(context.Background(), a.store)
+		}
+		if err != nil {
 			a.store.Close()
 			a.streams.Close()
 			rtc.Close()
