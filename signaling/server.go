@@ -54,7 +54,7 @@ type Server struct {
 	log      *slog.Logger
 	metrics  *edgeMetrics
 
-	showCfg  overlay.ShowConfig
+	showCfg overlay.ShowConfig
 
 	mu       sync.Mutex
 	sessions map[string]*session // by id, WHIP and WHEP
