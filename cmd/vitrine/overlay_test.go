@@ -334,6 +334,40 @@ func TestOverlayHTTP(t *testing.T) {
 		t.Fatalf("event %v", m)
 	}
 
+	// A run-of-show fires its cues at their offsets, in order.
+	ros := base + "/api/v1/streams/demo/run-of-show"
+	body := map[string]any{"cues": []map[string]any{
+		{"offset_ms": 0, "cue": map[string]any{"type": "custom", "data": map[string]any{"step": 1}}},
+		{"offset_ms": 300, "cue": map[string]any{"type": "card.hide"}},
+		{"offset_ms": 600, "cue": map[string]any{"type": "card.show", "sku": "mug-1"}},
+	}}
+	b, _ := json.Marshal(body)
+	req, _ := http.NewRequest("PUT", ros, strings.NewReader(string(b)))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+a.demo.Key)
+	if res, err := http.DefaultClient.Do(req); err != nil || res.StatusCode != 200 {
+		t.Fatalf("load run-of-show: %v %v", res, err)
+	}
+	started := time.Now()
+	if code, m, _ := postJSON(t, ros+"/start", a.demo.Key, nil); code != 200 || m["running"] != true {
+		t.Fatalf("start run-of-show: %d %v", code, m)
+	}
+	for _, want := range []string{"custom", "card.hide", "card.show"} {
+		if m := next(); m["type"] != want {
+			t.Fatalf("run-of-show: got %v, want %s", m["type"], want)
+		}
+	}
+	if el := time.Since(started); el < 550*time.Millisecond {
+		t.Errorf("run-of-show finished in %s, before its last offset (600 ms)", el)
+	}
+	bad := `{"cues":[{"offset_ms":500,"cue":{"type":"custom","data":{}}},{"offset_ms":100,"cue":{"type":"card.hide"}}]}`
+	req, _ = http.NewRequest("PUT", ros, strings.NewReader(bad))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+a.demo.Key)
+	if res, err := http.DefaultClient.Do(req); err != nil || res.StatusCode != 400 {
+		t.Errorf("run-of-show with decreasing offsets: %v %v", res.StatusCode, err)
+	}
+
 	buy := func(token, key string) (int, map[string]any, string) {
 		req, _ := http.NewRequest("POST", base+"/api/v1/streams/demo/buy", strings.NewReader(`{"sku":"mug-1","qty":1,"key":"`+key+`"}`))
 		req.Header.Set("Content-Type", "application/json")
