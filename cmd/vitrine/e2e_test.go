@@ -19,7 +19,7 @@ import (
 )
 
 // testApp starts Vitrine as `vitrine serve` would, on loopback and free ports.
-func testApp(t *testing.T, edit func(*Config)) (*app, string) {
+func testApp(t testing.TB, edit func(*Config)) (*app, string) {
 	t.Helper()
 	cfg := defaultConfig()
 	cfg.HTTP = "127.0.0.1:0"
@@ -39,7 +39,7 @@ func testApp(t *testing.T, edit func(*Config)) (*app, string) {
 	return a, "http://" + a.listener.Addr().String()
 }
 
-type testLog struct{ t *testing.T }
+type testLog struct{ t testing.TB }
 
 func (l testLog) Write(p []byte) (int, error) {
 	l.t.Log(strings.TrimSpace(string(p)))

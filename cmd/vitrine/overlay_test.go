@@ -102,7 +102,7 @@ func (s *shopper) first() map[string]any {
 	return s.msgs[0]
 }
 
-func postJSON(t *testing.T, url, token string, body any) (int, map[string]any, http.Header) {
+func postJSON(t testing.TB, url, token string, body any) (int, map[string]any, http.Header) {
 	t.Helper()
 	b, _ := json.Marshal(body)
 	req, _ := http.NewRequest("POST", url, strings.NewReader(string(b)))
