@@ -24,7 +24,8 @@ type WebRTCConfig struct {
 	// UDPPort carries all WebRTC media over one socket (pion's UDP mux).
 	UDPPort int
 	// TCPPort is the ICE-TCP fallback for networks that block UDP; 0 means
-	// the same number as UDPPort, -1 disables it.
+	// the same number as UDPPort (a random one when UDPPort is 0), -1
+	// disables it.
 	TCPPort int
 	// NAT1To1IPs are public addresses to announce when the server sits
 	// behind a 1:1 NAT (a cloud VM's public IP).
@@ -74,8 +75,11 @@ func NewWebRTC(cfg WebRTCConfig, m *Metrics, log *slog.Logger) (*WebRTC, error) 
 	networks := []webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6}
 	if cfg.TCPPort >= 0 {
 		port := cfg.TCPPort
-		if port == 0 {
-			port = w.udp.LocalAddr().(*net.UDPAddr).Port
+		if port == 0 && cfg.UDPPort != 0 {
+			// The same number as UDP, easy to open in a firewall. With a
+			// random UDP port (0), TCP takes its own random port: the same
+			// number may be taken.
+			port = cfg.UDPPort
 		}
 		tcpAddr := net.JoinHostPort(cfg.ListenIP, strconv.Itoa(port))
 		w.tcp, err = net.Listen("tcp", tcpAddr)

@@ -31,21 +31,27 @@ type RowError struct {
 func (e *RowError) Error() string { return fmt.Sprintf("row %d: %v", e.Row, e.Err) }
 func (e *RowError) Unwrap() error { return e.Err }
 
-// importedProduct is a product as a merchant writes it: Active is a pointer
-// so a missing "active" means active, not false.
-type importedProduct struct {
-	SKU            string `json:"sku"`
-	Title          string `json:"title"`
-	Description    string `json:"description"`
-	PriceMinor     int64  `json:"price_minor"`
-	Currency       string `json:"currency"`
-	ImageURL       string `json:"image_url"`
-	Stock          int64  `json:"stock"`
-	PerViewerLimit int    `json:"per_viewer_limit"`
-	Active         *bool  `json:"active"`
+// ProductInput is a product as a merchant writes it, in an import or an API
+// call. Active is a pointer so that a missing "active" means active: leaving
+// a field out should not take a product off sale. The store sets the
+// timestamps; they are accepted and ignored so a client can send back the
+// object it got, while other unknown fields are still refused.
+type ProductInput struct {
+	SKU            string          `json:"sku"`
+	Title          string          `json:"title"`
+	Description    string          `json:"description"`
+	PriceMinor     int64           `json:"price_minor"`
+	Currency       string          `json:"currency"`
+	ImageURL       string          `json:"image_url"`
+	Stock          int64           `json:"stock"`
+	PerViewerLimit int             `json:"per_viewer_limit"`
+	Active         *bool           `json:"active"`
+	CreatedAt      json.RawMessage `json:"created_at"`
+	UpdatedAt      json.RawMessage `json:"updated_at"`
 }
 
-func (ip importedProduct) product() Product {
+// Product is the product the input describes.
+func (ip ProductInput) Product() Product {
 	p := Product{
 		SKU: ip.SKU, Title: ip.Title, Description: ip.Description,
 		PriceMinor: ip.PriceMinor, Currency: ip.Currency, ImageURL: ip.ImageURL,
@@ -72,7 +78,7 @@ func ParseCatalogJSON(r io.Reader) ([]Product, error) {
 	rows := make([]rowProduct, 0, len(raw))
 	var errs []error
 	for i, item := range raw {
-		var ip importedProduct
+		var ip ProductInput
 		dec := json.NewDecoder(bytes.NewReader(item))
 		// Unknown fields are refused: a typo like "price" must not import
 		// a product silently missing its price.
@@ -81,7 +87,7 @@ func ParseCatalogJSON(r io.Reader) ([]Product, error) {
 			errs = append(errs, &RowError{Row: i + 1, Err: jsonProblem(err)})
 			continue
 		}
-		rows = append(rows, rowProduct{row: i + 1, p: ip.product()})
+		rows = append(rows, rowProduct{row: i + 1, p: ip.Product()})
 	}
 	return checkRows(rows, errs)
 }

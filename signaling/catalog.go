@@ -3,7 +3,6 @@ package signaling
 import (
 	"bytes"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"io"
 	"mime"
@@ -89,37 +88,6 @@ func (s *Server) getProduct(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// productInput is a product as a client sends it.
-type productInput struct {
-	SKU            string `json:"sku"`
-	Title          string `json:"title"`
-	Description    string `json:"description"`
-	PriceMinor     int64  `json:"price_minor"`
-	Currency       string `json:"currency"`
-	ImageURL       string `json:"image_url"`
-	Stock          int64  `json:"stock"`
-	PerViewerLimit int    `json:"per_viewer_limit"`
-	// Active is a pointer so that a missing "active" means active, as in a
-	// catalog import: leaving a field out should not take a product off sale.
-	Active *bool `json:"active"`
-	// The store sets these. They are accepted and ignored so a client can
-	// PUT back the object it got from GET; unknown fields are still refused.
-	CreatedAt json.RawMessage `json:"created_at"`
-	UpdatedAt json.RawMessage `json:"updated_at"`
-}
-
-func (in productInput) product() overlay.Product {
-	p := overlay.Product{
-		SKU: in.SKU, Title: in.Title, Description: in.Description,
-		PriceMinor: in.PriceMinor, Currency: in.Currency, ImageURL: in.ImageURL,
-		Stock: in.Stock, PerViewerLimit: in.PerViewerLimit, Active: true,
-	}
-	if in.Active != nil {
-		p.Active = *in.Active
-	}
-	return p
-}
-
 // invalidProduct answers 400 when err is a validation problem and reports
 // whether it was one. The store validates too; checking first keeps the
 // answer independent of how a store words its errors.
@@ -133,11 +101,11 @@ func invalidProduct(w http.ResponseWriter, err error) bool {
 }
 
 func (s *Server) createProduct(w http.ResponseWriter, r *http.Request) {
-	var in productInput
+	var in overlay.ProductInput
 	if !readJSON(w, r, &in) {
 		return
 	}
-	p := in.product()
+	p := in.Product()
 	if invalidProduct(w, overlay.ValidateProduct(p)) {
 		return
 	}
@@ -159,10 +127,10 @@ func (s *Server) createProduct(w http.ResponseWriter, r *http.Request) {
 }
 
 // replaceProduct is a full replace: a field left out takes its zero value
-// (active excepted, see productInput). The SKU comes from the path; a body
+// (active excepted, see overlay.ProductInput). The SKU comes from the path; a body
 // that names another one is refused rather than renaming the product.
 func (s *Server) replaceProduct(w http.ResponseWriter, r *http.Request) {
-	var in productInput
+	var in overlay.ProductInput
 	if !readJSON(w, r, &in) {
 		return
 	}
@@ -172,7 +140,7 @@ func (s *Server) replaceProduct(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	in.SKU = sku
-	p := in.product()
+	p := in.Product()
 	if invalidProduct(w, overlay.ValidateProduct(p)) {
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -115,7 +116,8 @@ func (s *Server) Shows(fn func(*overlay.Show)) {
 	}
 }
 
-// streamAuth lets the stream's creator (its key) or the admin act on it.
+// streamAuth lets the stream's creator (its key) or the admin act on it:
+// publish, send cues, run the show, read orders.
 func (s *Server) streamAuth(w http.ResponseWriter, r *http.Request) (StreamDef, *media.Stream, bool) {
 	def, st, ok := s.streams.Get(r.PathValue("stream"))
 	if !ok {
@@ -125,11 +127,12 @@ func (s *Server) streamAuth(w http.ResponseWriter, r *http.Request) (StreamDef, 
 	tok, ok := bearer(r)
 	if !ok {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="vitrine"`)
-		writeError(w, http.StatusUnauthorized, "unauthorized", "send the stream key or the admin token as Authorization: Bearer <token>")
+		writeError(w, http.StatusUnauthorized, "unauthorized", "send the stream key as Authorization: Bearer <key>")
 		return def, nil, false
 	}
-	if !def.CheckKey(tok) && tok != s.cfg.AdminToken {
-		writeError(w, http.StatusForbidden, "forbidden", "this token cannot act on this stream")
+	if !def.CheckKey(tok) && subtle.ConstantTimeCompare([]byte(tok), []byte(s.cfg.AdminToken)) != 1 {
+		s.log.Warn("wrong stream key", "stream", def.Name, "path", r.URL.Path, "remote", r.RemoteAddr)
+		writeError(w, http.StatusForbidden, "wrong_key", "the stream key does not match this stream")
 		return def, nil, false
 	}
 	return def, st, true

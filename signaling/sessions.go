@@ -34,23 +34,11 @@ type session struct {
 const answerTimeout = 5 * time.Second
 
 func (s *Server) whipPost(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("stream")
-	def, st, ok := s.streams.Get(name)
+	def, st, ok := s.streamAuth(w, r)
 	if !ok {
-		writeError(w, http.StatusNotFound, "unknown_stream", ErrStreamUnknown.Error())
 		return
 	}
-	key, ok := bearer(r)
-	if !ok {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="vitrine"`)
-		writeError(w, http.StatusUnauthorized, "unauthorized", "send the stream key as Authorization: Bearer <key>")
-		return
-	}
-	if !def.CheckKey(key) && (s.cfg.AdminToken == "" || key != s.cfg.AdminToken) {
-		s.log.Warn("whip: wrong stream key", "stream", name, "remote", r.RemoteAddr)
-		writeError(w, http.StatusForbidden, "wrong_key", "the stream key does not match this stream")
-		return
-	}
+	name := def.Name
 	offer, ok := s.readSDP(w, r)
 	if !ok {
 		return
