@@ -194,6 +194,7 @@ func (d *DownTrack) readRTCP(sender *webrtc.RTPSender) {
 			switch pkt := pkt.(type) {
 			case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
 				d.track.metrics.PLIs.Inc()
+				d.track.plis.Add(1)
 				d.track.RequestKeyframe()
 			case *rtcp.TransportLayerNack:
 				for _, pair := range pkt.Nacks {
@@ -215,6 +216,7 @@ func (d *DownTrack) readRTCP(sender *webrtc.RTPSender) {
 func (d *DownTrack) retransmit(seq uint16) {
 	m := d.track.metrics
 	m.NACKs.Inc()
+	d.track.nacks.Add(1)
 	if !d.bound.Load() {
 		return
 	}

@@ -22,6 +22,13 @@ type Metrics struct {
 	JoinSeconds      *prometheus.HistogramVec
 	Publishers       *prometheus.CounterVec
 
+	// MaxStreamSeries caps how many streams get per-stream health series
+	// (by name order); 0 means no cap.
+	MaxStreamSeries int
+
+	live          streamSet
+	forwardBounds [forwardBucketCount]int64
+
 	// Children resolved once, so the hot path does no label lookups.
 	packetsIn, bytesIn, packetsOut, bytesOut [2]prometheus.Counter
 }
@@ -30,6 +37,9 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	kinds := []string{"kind"}
 	m := &Metrics{
+		MaxStreamSeries: DefaultMaxStreamSeries,
+		live:            streamSet{streams: map[*Stream]struct{}{}},
+		forwardBounds:   forwardBounds(),
 		StreamsLive: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "vitrine_streams_live", Help: "Streams whose creator is connected and sending."}),
 		Viewers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -64,6 +74,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.StreamsLive, m.Viewers, m.PacketsIn, m.BytesIn, m.PacketsOut, m.BytesOut, m.Dropped,
 		m.NACKs, m.Retransmits, m.PLIs, m.KeyframeRequests, m.BadRTCP, m.JoinSeconds, m.Publishers)
+	reg.MustRegister(newHealthCollector(m))
 	for _, k := range []Kind{Video, Audio} {
 		m.packetsIn[k] = m.PacketsIn.WithLabelValues(k.String())
 		m.bytesIn[k] = m.BytesIn.WithLabelValues(k.String())

@@ -83,7 +83,7 @@ func NewStream(name string, opts StreamOptions, m *Metrics, log *slog.Logger) *S
 	if opts.StaleAfter <= 0 {
 		opts.StaleAfter = 3 * time.Second
 	}
-	return &Stream{
+	s := &Stream{
 		Name:      name,
 		Video:     newTrack(Video, name, DefaultVideoCodec, m, opts.KeyframeInterval),
 		Audio:     newTrack(Audio, name, DefaultAudioCodec, m, opts.KeyframeInterval),
@@ -94,6 +94,8 @@ func NewStream(name string, opts StreamOptions, m *Metrics, log *slog.Logger) *S
 		listeners: map[int]func(State, string){},
 		viewers:   map[*Viewer]struct{}{},
 	}
+	m.addStream(s)
+	return s
 }
 
 // Errors a creator can act on.
@@ -282,4 +284,5 @@ func (s *Stream) Close() {
 	s.Video.close()
 	s.Audio.close()
 	s.metrics.Viewers.DeletePartialMatch(map[string]string{"stream": s.Name})
+	s.metrics.removeStream(s)
 }

@@ -43,8 +43,11 @@ type Track struct {
 	kfLast    time.Time
 	kfPending bool
 	shards    []*shard
+	in        ingestStats
 	closed    bool
 	stop      chan struct{}
+
+	nacks, plis atomic.Uint64 // from viewers' RTCP
 }
 
 // senderClock maps the track's output RTP timestamps to time, from the
@@ -60,6 +63,7 @@ type shard struct {
 	in      chan *Packet
 	viewers atomic.Pointer[[]*DownTrack]
 	done    chan struct{}
+	forward latencyHist
 }
 
 // shardQueue is how many packets a shard may lag behind ingest before its
@@ -199,11 +203,13 @@ func (s *Source) WriteRTP(h *rtp.Header, payload []byte) error {
 		t.lastAt = now
 	}
 	t.cache.put(p)
+	t.in.count(p, s.codec.ClockRate)
 	// Handing over under t.mu keeps close from closing a shard's channel
 	// mid-send; the sends never block.
 	behind := 0
 	for _, sh := range t.shards {
-		if len(*sh.viewers.Load()) == 0 {
+		viewers := len(*sh.viewers.Load())
+		if viewers == 0 {
 			continue
 		}
 		p.retain()
@@ -212,6 +218,7 @@ func (s *Source) WriteRTP(h *rtp.Header, payload []byte) error {
 		default:
 			p.release()
 			behind++
+			t.in.slowDrops += uint64(viewers)
 		}
 	}
 	t.mu.Unlock()
@@ -354,6 +361,11 @@ func (t *Track) runShard(sh *shard) {
 			if d.writePacket(p) {
 				sent++
 			}
+		}
+		if sent > 0 {
+			// Once per packet per shard, not per viewer: the time to the
+			// shard's last viewer bounds every viewer's.
+			sh.forward.observe(monotonic(time.Now())-p.Arrival, &t.metrics.forwardBounds)
 		}
 		t.metrics.forwarded(t.kind, sent, len(p.Payload))
 		p.release()

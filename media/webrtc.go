@@ -52,11 +52,12 @@ type WebRTC struct {
 	tcpMux     ice.TCPMux
 	log        *slog.Logger
 	metrics    *Metrics
+	taps       *rtcpTaps // creators' Receiver Reports, for health metrics
 }
 
 // NewWebRTC opens the ICE sockets.
 func NewWebRTC(cfg WebRTCConfig, m *Metrics, log *slog.Logger) (*WebRTC, error) {
-	w := &WebRTC{log: log, metrics: m}
+	w := &WebRTC{log: log, metrics: m, taps: newRTCPTaps()}
 	udpAddr := net.JoinHostPort(cfg.ListenIP, strconv.Itoa(cfg.UDPPort))
 	pc, err := net.ListenPacket("udp", udpAddr)
 	if err != nil {
@@ -118,6 +119,8 @@ func NewWebRTC(cfg WebRTCConfig, m *Metrics, log *slog.Logger) (*WebRTC, error) 
 		return nil, err
 	}
 	pubInterceptors := &interceptor.Registry{}
+	// First, so it wraps the writer the report interceptor sends through.
+	pubInterceptors.Add(w.taps)
 	if err := webrtc.ConfigureNack(pubMedia, pubInterceptors); err != nil {
 		return nil, err
 	}

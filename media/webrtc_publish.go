@@ -25,6 +25,8 @@ type Publisher struct {
 
 	mu      sync.Mutex
 	sources []*Source
+	links   []sourceLink
+	tap     *rtcpTap // nil if the interceptor chain has none
 	// skew maps the creator's NTP clock to ours, fixed by the first Sender
 	// Report, so audio and video reports translate identically.
 	skew     time.Duration
@@ -50,7 +52,7 @@ func (w *WebRTC) Publish(ctx context.Context, s *Stream, offer string, takeover 
 	if err != nil {
 		return nil, "", fmt.Errorf("whip: new peer connection: %w", err)
 	}
-	p := &Publisher{stream: s, pc: pc, started: time.Now(), done: make(chan struct{})}
+	p := &Publisher{stream: s, pc: pc, started: time.Now(), done: make(chan struct{}), tap: w.taps.claim(pc.ID())}
 	pc.OnTrack(p.onTrack)
 	pc.OnConnectionStateChange(func(st webrtc.PeerConnectionState) {
 		if st == webrtc.PeerConnectionStateFailed || st == webrtc.PeerConnectionStateClosed {
@@ -174,8 +176,13 @@ func (p *Publisher) onTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPRece
 	src := track.NewSource(codec, func() {
 		_ = p.pc.WriteRTCP([]rtcp.Packet{&rtcp.PictureLossIndication{MediaSSRC: ssrc}})
 	})
+	kind := Video
+	if track == p.stream.Audio {
+		kind = Audio
+	}
 	p.mu.Lock()
 	p.sources = append(p.sources, src)
+	p.links = append(p.links, sourceLink{kind: kind, ssrc: ssrc, clockRate: codec.ClockRate})
 	p.mu.Unlock()
 	track.RequestKeyframe()
 	go p.readRTCP(receiver, src, codec.ClockRate)
