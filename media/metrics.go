@@ -75,7 +75,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.StreamsLive, m.Viewers, m.PacketsIn, m.BytesIn, m.PacketsOut, m.BytesOut, m.Dropped,
 		m.NACKs, m.Retransmits, m.PLIs, m.KeyframeRequests, m.BadRTCP, m.JoinSeconds, m.Publishers)
 	reg.MustRegister(newHealthCollector(m))
+	// Series an operator graphs or alerts on exist from the start, at 0.
+	for _, r := range []string{"sent", "miss", "error"} {
+		m.Retransmits.WithLabelValues(r)
+	}
 	for _, k := range []Kind{Video, Audio} {
+		for _, r := range []string{"oversize", "shard_behind", "write_error"} {
+			m.Dropped.WithLabelValues(k.String(), r)
+		}
 		m.packetsIn[k] = m.PacketsIn.WithLabelValues(k.String())
 		m.bytesIn[k] = m.BytesIn.WithLabelValues(k.String())
 		m.packetsOut[k] = m.PacketsOut.WithLabelValues(k.String())

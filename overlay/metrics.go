@@ -16,6 +16,9 @@ type Metrics struct {
 	unitsLeft   *prometheus.GaugeVec
 	Webhooks    *prometheus.CounterVec
 	OutboxDepth prometheus.Gauge
+	// StoreErrors counts failed store calls made outside a buyer's request
+	// (those count as vitrine_buy_attempts_total{result="error"}).
+	StoreErrors *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them on reg.
@@ -47,9 +50,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "vitrine_webhook_deliveries_total", Help: "Webhook delivery attempts by result: delivered, failed."}, []string{"result"}),
 		OutboxDepth: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "vitrine_webhook_outbox_depth", Help: "Events waiting in the outbox for the merchant."}),
+		StoreErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_store_errors_total", Help: "Failed store operations in background work, by operation."}, []string{"op"}),
+	}
+	for _, r := range []string{OutcomeReserved, OutcomeSoldOut, OutcomeLimitReached, OutcomeSaleOver, OutcomeUnknownProduct, OutcomeInactive, "invalid", "error"} {
+		m.buys.WithLabelValues(r)
+	}
+	for _, r := range []string{"delivered", "failed"} {
+		m.Webhooks.WithLabelValues(r)
+	}
+	for _, op := range []string{"expire_reservations", "outbox_depth"} {
+		m.StoreErrors.WithLabelValues(op)
 	}
 	reg.MustRegister(m.cues, m.cueLag, m.messages, m.subscribers, m.buys, m.buyLatency, m.orders, m.revenue, m.unitsLeft,
-		m.Webhooks, m.OutboxDepth)
+		m.Webhooks, m.OutboxDepth, m.StoreErrors)
 	return m
 }
 

@@ -55,6 +55,17 @@ type Config struct {
 		Key     string `yaml:"key"`
 	} `yaml:"demo"`
 
+	// Metrics: Listen serves /metrics on its own address (and no longer on
+	// the HTTP port); Token, when set, is the bearer token /metrics requires.
+	Metrics struct {
+		Listen string `yaml:"listen"`
+		Token  string `yaml:"token"`
+	} `yaml:"metrics"`
+
+	RTMP   RTMPConfig `yaml:"rtmp"`
+	RTSP   RTSPConfig `yaml:"rtsp"`
+	FFmpeg string     `yaml:"ffmpeg"` // for AAC to Opus; "ffmpeg" on the PATH when empty
+
 	Log struct {
 		Level  string `yaml:"level"`
 		Format string `yaml:"format"`
@@ -74,6 +85,11 @@ func defaultConfig() Config {
 	c.Commerce.ReservationTTL = 5 * time.Minute
 	c.CORS.AllowOrigins = []string{"*"}
 	c.Demo.Enabled = true
+	c.RTMP.Address = ":1935"
+	c.RTMP.ReadTimeout = 10 * time.Second
+	c.RTSP.Address = ":8554"
+	c.RTSP.UDPRTPAddress = ":8000"
+	c.RTSP.UDPRTCPAddress = ":8001"
 	c.Log.Level = "info"
 	c.Log.Format = "text"
 	return c
@@ -87,6 +103,8 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	httpAddr := fs.String("http", "", "HTTP listen address (default :8080; env VITRINE_HTTP)")
 	data := fs.String("data", "", "data directory (default ./data; env VITRINE_DATA)")
 	udpPort := fs.Int("udp-port", -1, "UDP port for all WebRTC media (default 8189; env VITRINE_UDP_PORT)")
+	rtmpAddr := fs.String("rtmp", "", "RTMP ingest listen address (default :1935; env VITRINE_RTMP)")
+	rtspAddr := fs.String("rtsp", "", "RTSP listen address (default :8554; env VITRINE_RTSP)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -118,6 +136,10 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	envString("VITRINE_WEBHOOK_URL", &c.Commerce.WebhookURL)
 	envString("VITRINE_WEBHOOK_SECRET", &c.Commerce.WebhookSecret)
 	envString("VITRINE_LOG_LEVEL", &c.Log.Level)
+	envString("VITRINE_RTMP", &c.RTMP.Address)
+	envString("VITRINE_RTSP", &c.RTSP.Address)
+	envString("VITRINE_METRICS_LISTEN", &c.Metrics.Listen)
+	envString("VITRINE_METRICS_TOKEN", &c.Metrics.Token)
 	if v := getenv("VITRINE_UDP_PORT"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {
@@ -133,6 +155,12 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	}
 	if *data != "" {
 		c.Data = *data
+	}
+	if *rtmpAddr != "" {
+		c.RTMP.Address = *rtmpAddr
+	}
+	if *rtspAddr != "" {
+		c.RTSP.Address = *rtspAddr
 	}
 	if *udpPort >= 0 {
 		c.WebRTC.UDPPort = *udpPort

@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vitrine-live/vitrine/media"
 	"github.com/vitrine-live/vitrine/overlay"
 	"github.com/vitrine-live/vitrine/overlay/sqlstore"
@@ -90,6 +92,11 @@ type app struct {
 	store    *sqlstore.Store
 	stop     context.CancelFunc
 	workers  sync.WaitGroup
+	proto    *protocols
+
+	// metricsHTTP serves /metrics on metrics.listen, when set.
+	metricsHTTP     *http.Server
+	metricsListener net.Listener
 }
 
 func start(cfg Config, logOut io.Writer) (*app, error) {
@@ -181,8 +188,28 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 		rtc.Close()
 		return nil, fmt.Errorf("http: %w", err)
 	}
+	metrics := requireToken(cfg.Metrics.Token, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if cfg.Metrics.Listen != "" {
+		a.metricsListener, err = net.Listen("tcp", cfg.Metrics.Listen)
+		if err != nil {
+			a.listener.Close()
+			a.store.Close()
+			a.streams.Close()
+			rtc.Close()
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", metrics)
+		a.metricsHTTP = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := a.metricsHTTP.Serve(a.metricsListener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server stopped", "err", err)
+			}
+		}()
+		metrics = http.NotFoundHandler()
+	}
 	a.http = &http.Server{
-		Handler:           a.edge.Handler(web.Mount),
+		Handler:           withMetrics(a.edge.Handler(web.Mount), cfg.Metrics.Listen == "" && cfg.Metrics.Token == "", metrics),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
@@ -193,7 +220,7 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 	}()
 	ctx, stop := context.WithCancel(context.Background())
 	a.stop = stop
-	a.workers.Go(func() { a.sweepReservations(ctx) })
+	a.workers.Go(func() { a.sweepReservations(ctx, om) })
 	a.workers.Go(func() { a.watchOutbox(ctx, om) })
 	if cfg.Commerce.WebhookURL != "" {
 		worker, err := overlay.NewWebhookWorker(a.store, overlay.WebhookConfig{
@@ -203,6 +230,10 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 			return nil, err
 		}
 		a.workers.Go(func() { _ = worker.Run(ctx) })
+	}
+	if err := a.startProtocols(reg, log); err != nil {
+		a.Close()
+		return nil, err
 	}
 	a.edge.SetReady(true)
 	log.Info("vitrine started", "http", a.listener.Addr().String(), "udp", rtc.UDPAddr().String(), "version", version)
@@ -246,6 +277,7 @@ func (a *app) printWelcome(w io.Writer) {
 		fmt.Fprintf(w, "  Stream key of 'demo':            %s\n", a.demo.Key)
 		fmt.Fprintf(w, "  OBS (Settings > Stream > WHIP):  server %s/whip/demo  bearer token %s\n", base, a.demo.Key)
 		fmt.Fprintf(w, "  WHEP playback URL:               %s/whep/demo\n", base)
+		a.printProtocolURLs(w)
 	}
 	if a.tokenGen {
 		fmt.Fprintf(w, "  Admin token (generated; set VITRINE_ADMIN_TOKEN to keep one): %s\n", a.cfg.AdminToken)
@@ -260,15 +292,19 @@ func (a *app) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := a.http.Shutdown(ctx)
+	if a.metricsHTTP != nil {
+		err = errors.Join(err, a.metricsHTTP.Shutdown(ctx))
+	}
 	a.stop()
 	a.workers.Wait()
+	a.closeProtocols()
 	a.streams.Close()
 	return errors.Join(err, a.rtc.Close(), a.store.Close())
 }
 
 // sweepReservations returns the units of reservations nobody confirmed in
 // time, and tells the shows so viewers see the stock come back.
-func (a *app) sweepReservations(ctx context.Context) {
+func (a *app) sweepReservations(ctx context.Context, m *overlay.Metrics) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -280,6 +316,7 @@ func (a *app) sweepReservations(ctx context.Context) {
 		n, err := a.store.ExpireReservations(ctx, time.Now())
 		if err != nil {
 			a.log.Warn("expire reservations", "err", err)
+			m.StoreErrors.WithLabelValues("expire_reservations").Inc()
 			continue
 		}
 		if n > 0 {
@@ -300,6 +337,8 @@ func (a *app) watchOutbox(ctx context.Context, m *overlay.Metrics) {
 	for {
 		if n, err := a.store.OutboxDepth(ctx); err == nil {
 			m.OutboxDepth.Set(float64(n))
+		} else if ctx.Err() == nil {
+			m.StoreErrors.WithLabelValues("outbox_depth").Inc()
 		}
 		select {
 		case <-ctx.Done():
@@ -307,6 +346,38 @@ func (a *app) watchOutbox(ctx context.Context, m *overlay.Metrics) {
 		case <-tick.C:
 		}
 	}
+}
+
+// withMetrics serves /metrics with h instead of the edge's own route, unless
+// the edge's open route is what the config asks for.
+func withMetrics(edge http.Handler, keepEdge bool, h http.Handler) http.Handler {
+	if keepEdge {
+		return edge
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/metrics" {
+			h.ServeHTTP(w, r)
+			return
+		}
+		edge.ServeHTTP(w, r)
+	})
+}
+
+// requireToken lets through only requests bearing token; an empty token lets
+// everything through.
+func requireToken(token string, h http.Handler) http.Handler {
+	if token == "" {
+		return h
+	}
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="metrics"`)
+			http.Error(w, "metrics need the bearer token (metrics.token)", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // loadSecret reads the server's signing secret, creating it on first start.
