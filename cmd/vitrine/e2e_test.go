@@ -28,6 +28,8 @@ func testApp(t testing.TB, edit func(*Config)) (*app, string) {
 	cfg.WebRTC.ListenIP = "127.0.0.1"
 	cfg.WebRTC.UDPPort = 0
 	cfg.Log.Level = "warn"
+	// RTMP/RTSP only where a test turns them on, on free loopback ports.
+	cfg.RTMP.Address, cfg.RTSP.Address = "", ""
 	if edit != nil {
 		edit(&cfg)
 	}

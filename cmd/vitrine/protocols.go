@@ -1,0 +1,129 @@
+package main
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vitrine-live/vitrine/media"
+	"github.com/vitrine-live/vitrine/media/ingest"
+	"github.com/vitrine-live/vitrine/media/rtmp"
+)
+
+// RTMPConfig is the RTMP ingest's part of the config (YAML key rtmp).
+type RTMPConfig struct {
+	// Address to listen on ("" = off). Flag -rtmp, env VITRINE_RTMP.
+	Address string `yaml:"address"`
+	// RTMPS: a second listener with this certificate ("" = off).
+	TLSAddress string `yaml:"tls_address"`
+	CertFile   string `yaml:"cert_file"`
+	KeyFile    string `yaml:"key_file"`
+	// ReadTimeout drops a creator who sends nothing for this long, and
+	// bounds the handshake.
+	ReadTimeout time.Duration `yaml:"read_timeout"`
+}
+
+// RTSPConfig is the RTSP server's part of the config (YAML key rtsp).
+type RTSPConfig struct {
+	// Address to listen on ("" = off). Flag -rtsp, env VITRINE_RTSP.
+	Address string `yaml:"address"`
+	// UDP ports for RTP and RTCP (an even/odd pair); "" = TCP only.
+	UDPRTPAddress  string `yaml:"udp_rtp_address"`
+	UDPRTCPAddress string `yaml:"udp_rtcp_address"`
+}
+
+// protocols are the RTMP and RTSP servers of a running app.
+type protocols struct {
+	rtmp, rtmps *rtmp.Server
+}
+
+// streamByKey finds the stream a key publishes to: the key identifies it.
+func (a *app) streamByKey(key string) (*media.Stream, bool) {
+	for _, d := range a.streams.List() {
+		if d.CheckKey(key) {
+			_, st, ok := a.streams.Get(d.Name)
+			return st, ok && st != nil
+		}
+	}
+	return nil, false
+}
+
+// startProtocols starts the RTMP(S) and RTSP servers the config asks for.
+func (a *app) startProtocols(reg prometheus.Registerer, log *slog.Logger) error {
+	a.proto = &protocols{}
+	m := ingest.NewMetrics(reg)
+	rc := rtmp.Config{StreamByKey: a.streamByKey, Takeover: a.cfg.Streams.Takeover, FFmpeg: a.cfg.FFmpeg,
+		HandshakeTimeout: a.cfg.RTMP.ReadTimeout, ReadTimeout: a.cfg.RTMP.ReadTimeout, Metrics: m, Log: log}
+	var err error
+	if a.cfg.RTMP.Address != "" {
+		c := rc
+		c.Address = a.cfg.RTMP.Address
+		if a.proto.rtmp, err = rtmp.Listen(c); err != nil {
+			return err
+		}
+		log.Info("rtmp ingest listening", "addr", a.proto.rtmp.Addr().String())
+	}
+	if a.cfg.RTMP.TLSAddress != "" {
+		cert, err := tls.LoadX509KeyPair(a.cfg.RTMP.CertFile, a.cfg.RTMP.KeyFile)
+		if err != nil {
+			return fmt.Errorf("rtmps: %w", err)
+		}
+		c := rc
+		c.Address, c.TLS = a.cfg.RTMP.TLSAddress, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		if a.proto.rtmps, err = rtmp.Listen(c); err != nil {
+			return err
+		}
+		log.Info("rtmps ingest listening", "addr", a.proto.rtmps.Addr().String())
+	}
+	return nil
+}
+
+// closeProtocols stops the servers; their creators' streams wait out the
+// grace period like any dropped creator.
+func (a *app) closeProtocols() {
+	if a.proto == nil {
+		return
+	}
+	for _, s := range []*rtmp.Server{a.proto.rtmp, a.proto.rtmps} {
+		if s != nil {
+			s.Close()
+		}
+	}
+}
+
+// printProtocolURLs adds the RTMP and RTSP URLs to the welcome text.
+func (a *app) printProtocolURLs(w io.Writer) {
+	if a.proto == nil {
+		return
+	}
+	host := a.publicHost()
+	if s := a.proto.rtmp; s != nil {
+		fmt.Fprintf(w, "  OBS (Settings > Stream > Custom): server rtmp://%s/live  stream key %s\n", hostPort(host, s.Addr()), a.demo.Key)
+	}
+	if s := a.proto.rtmps; s != nil {
+		fmt.Fprintf(w, "  RTMPS:                            server rtmps://%s/live  stream key %s\n", hostPort(host, s.Addr()), a.demo.Key)
+	}
+}
+
+// publicHost is the host name of the public URL, or localhost.
+func (a *app) publicHost() string {
+	base := a.baseURL()
+	if i := len("https://"); len(base) > i && base[:i] == "https://" {
+		base = base[i:]
+	} else if i := len("http://"); len(base) > i && base[:i] == "http://" {
+		base = base[i:]
+	}
+	if h, _, err := net.SplitHostPort(base); err == nil {
+		return h
+	}
+	return base
+}
+
+func hostPort(host string, addr net.Addr) string {
+	_, port, _ := net.SplitHostPort(addr.String())
+	return net.JoinHostPort(host, port)
+}
