@@ -383,12 +383,12 @@ func screenshots(t *testing.T, prom, dir string) {
 		for i, e := range exprs {
 			q.Set(fmt.Sprintf("g%d.expr", i), e)
 			q.Set(fmt.Sprintf("g%d.tab", i), "0")
-			q.Set(fmt.Sprintf("g%d.range_input", i), "2m")
+			q.Set(fmt.Sprintf("g%d.range_input", i), "1m")
 		}
 		out, _ := filepath.Abs(filepath.Join(dir, file))
 		args := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 			"--disable-background-networking", "--disable-component-update", "--disable-sync",
-			"--hide-scrollbars", "--window-size=1400,2600", "--virtual-time-budget=15000",
+			"--hide-scrollbars", "--window-size=1400,3600", "--virtual-time-budget=15000",
 			"--user-data-dir=" + t.TempDir(), "--screenshot=" + out, prom + "/graph?" + q.Encode()}
 		if b, err := exec.Command(chromium, args...).CombinedOutput(); err != nil {
 			t.Errorf("chromium: %v\n%s", err, b)
