@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -355,4 +356,146 @@ func inOrder(pkts []*rtp.Packet) []*rtp.Packet {
 		out = append(out, bySeq[k])
 	}
 	return out
+}
+
+// metricLine returns the sample of a labelled series, or -1.
+func metricLine(t *testing.T, base, series string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(get(t, base+"/metrics"), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return -1
+}
+
+// TestRTMPBadInput: garbage, a stalled handshake, a wrong key and a codec
+// nobody can play each close their connection with a log line and a metric,
+// leave no goroutine behind, and do not disturb the stream.
+func TestRTMPBadInput(t *testing.T) {
+	a, base := rtmpApp(t, false, func(c *Config) { c.RTMP.ReadTimeout = time.Second })
+	addr := a.proto.rtmp.Addr().String()
+	result := func(r string) float64 {
+		return metricLine(t, base, `vitrine_ingest_connections_total{protocol="rtmp",result="`+r+`"}`)
+	}
+	closedByServer := func(c net.Conn, within time.Duration) bool {
+		c.SetReadDeadline(time.Now().Add(within))
+		buf := make([]byte, 4096)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				var ne net.Error
+				return !(errors.As(err, &ne) && ne.Timeout())
+			}
+		}
+	}
+
+	t.Run("garbage", func(t *testing.T) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		junk := bytes.Repeat([]byte("not rtmp at all \x00\xff"), 200)
+		c.Write(junk)
+		if !closedByServer(c, 5*time.Second) {
+			t.Error("server kept a garbage connection open")
+		}
+		eventually(t, "bad_input counted", 3*time.Second, func() bool { return result("bad_input") >= 1 })
+	})
+	t.Run("stalled handshake", func(t *testing.T) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte{3}) // C0, then nothing
+		start := time.Now()
+		if !closedByServer(c, 5*time.Second) {
+			t.Fatal("server kept a stalled handshake open")
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("stalled handshake closed after %s, want about the 1 s read timeout", d)
+		}
+		eventually(t, "timeout counted", 3*time.Second, func() bool { return result("timeout") >= 1 })
+	})
+	t.Run("wrong key", func(t *testing.T) {
+		ff := ffmpegPush(t, "flv", "rtmp://"+addr+"/live/not-the-key-0123456789")
+		select {
+		case <-ff.done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("ffmpeg still publishing with a wrong key")
+		}
+		if ff.cmd.ProcessState.Success() {
+			t.Error("ffmpeg was not refused")
+		}
+		eventually(t, "wrong_key counted", 3*time.Second, func() bool { return result("wrong_key") >= 1 })
+	})
+	t.Run("codec nobody can play", func(t *testing.T) {
+		// MP3 audio only: no track Vitrine can forward.
+		cmd := exec.Command("ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
+			"-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "10",
+			"-c:a", "libmp3lame", "-f", "flv", "rtmp://"+addr+"/live/"+a.demo.Key)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		defer func() { cmd.Process.Kill(); <-done }()
+		eventually(t, "unsupported_codec counted", 10*time.Second, func() bool { return result("unsupported_codec") >= 1 })
+	})
+	eventually(t, "every connection goroutine gone", 5*time.Second, func() bool { return a.proto.rtmp.Connections() == 0 })
+	_, st, _ := a.streams.Get("demo")
+	if s, _ := st.State(); s != "waiting" && s != "ended" {
+		t.Errorf("stream state %s after refused connections", s)
+	}
+}
+
+// TestRTMPReconnectAndConflict: a second encoder on a live stream is refused;
+// when the first drops (killed), viewers stay connected through the grace
+// period and resume when it comes back, on the same tracks.
+func TestRTMPReconnectAndConflict(t *testing.T) {
+	a, base := rtmpApp(t, false, nil)
+	url := "rtmp://" + a.proto.rtmp.Addr().String() + "/live/" + a.demo.Key
+	v := record(t, base, "demo")
+	first := ffmpegPush(t, "flv", url)
+	eventually(t, "viewer plays", 15*time.Second, func() bool { return v.count("video") > 30 && v.lastState() == "live" })
+
+	second := ffmpegPush(t, "flv", url)
+	select {
+	case <-second.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a second encoder was let in while the first is live")
+	}
+	eventually(t, "already_live counted", 3*time.Second, func() bool {
+		return metricLine(t, base, `vitrine_ingest_connections_total{protocol="rtmp",result="already_live"}`) >= 1
+	})
+
+	first.kill() // a sudden disconnect: no unpublish
+	eventually(t, "viewer told the creator is reconnecting", 15*time.Second, func() bool { return v.lastState() == "reconnecting" })
+	n := v.count("video")
+	ffmpegPush(t, "flv", url)
+	eventually(t, "viewer plays again after the reconnect", 15*time.Second, func() bool {
+		return v.count("video") > n+60 && v.lastState() == "live"
+	})
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.sess.PC.ConnectionState() != webrtc.PeerConnectionStateConnected {
+		t.Errorf("viewer connection %s", v.sess.PC.ConnectionState())
+	}
+}
+
+// TestRTMPTranscoderMissing: without ffmpeg for the audio, video goes on, and
+// the failure is counted while the transcoder keeps retrying.
+func TestRTMPTranscoderMissing(t *testing.T) {
+	a, base := rtmpApp(t, false, func(c *Config) { c.FFmpeg = "/nonexistent/ffmpeg" })
+	v := record(t, base, "demo")
+	ffmpegPush(t, "flv", "rtmp://"+a.proto.rtmp.Addr().String()+"/live/"+a.demo.Key)
+	eventually(t, "video plays without the transcoder", 15*time.Second, func() bool { return v.count("video") > 60 })
+	eventually(t, "restarts counted", 5*time.Second, func() bool {
+		return metricLine(t, base, `vitrine_transcoder_restarts_total{protocol="rtmp"}`) >= 1
+	})
+	if v.count("audio") != 0 {
+		t.Errorf("%d audio packets without a transcoder", v.count("audio"))
+	}
 }

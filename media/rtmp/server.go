@@ -75,6 +75,13 @@ func Listen(cfg Config) (*Server, error) {
 // Addr is where the server listens.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
+// Connections is how many connections are open (each has one goroutine).
+func (s *Server) Connections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
 // Close stops listening, drops every connection and waits for their
 // goroutines.
 func (s *Server) Close() error {
@@ -213,6 +220,23 @@ func (s *Server) serve(c net.Conn, log *slog.Logger, scOut **gortmplib.ServerCon
 	}
 	_ = c.SetDeadline(time.Time{})
 
+	// Know what can be forwarded before going live: a connection with
+	// nothing playable must not touch the stream.
+	usable := 0
+	for _, tr := range r.Tracks() {
+		switch tr.Codec.(type) {
+		case *codecs.H264, *codecs.MPEG4Audio, *codecs.Opus:
+			usable++
+		default:
+			// Every track needs a callback, or the reader has none to call.
+			log.Warn("rtmp: track dropped: no viewer can play its codec", "codec", fmt.Sprintf("%T", tr.Codec))
+			ignore(r, tr)
+		}
+	}
+	if usable == 0 {
+		return fail("unsupported_codec", "rtmp: no track in a codec Vitrine forwards (H.264 video, AAC or Opus audio)")
+	}
+
 	var drop sync.Once
 	pub, err := ingest.Publish(ingest.Config{Stream: st, Protocol: "rtmp", Takeover: s.cfg.Takeover, FFmpeg: s.cfg.FFmpeg,
 		Metrics: s.cfg.Metrics, Log: log, MediaStart: mediaStart, Drop: func() { drop.Do(func() { c.Close() }) }})
@@ -226,14 +250,12 @@ func (s *Server) serve(c net.Conn, log *slog.Logger, scOut **gortmplib.ServerCon
 	defer func() { pub.End(spy.ended) }()
 	s.cfg.Metrics.Connections.WithLabelValues("rtmp", "accepted").Inc()
 
-	usable := 0
 	for _, tr := range r.Tracks() {
 		switch codec := tr.Codec.(type) {
 		case *codecs.H264:
 			if err := pub.StartH264(codec.SPS, codec.PPS); err != nil {
-				return fail("bad_input", "rtmp: %w", err)
+				return fail("accepted", "rtmp: %w", err)
 			}
-			usable++
 			r.OnDataH264(tr, func(pts, _ time.Duration, au [][]byte) {
 				_ = pub.WriteH264(pts, au)
 			})
@@ -243,20 +265,11 @@ func (s *Server) serve(c net.Conn, log *slog.Logger, scOut **gortmplib.ServerCon
 				r.OnDataMPEG4Audio(tr, func(time.Duration, []byte) {})
 				continue
 			}
-			usable++
 			r.OnDataMPEG4Audio(tr, func(pts time.Duration, au []byte) { pub.WriteAAC(pts, au) })
 		case *codecs.Opus:
 			pub.StartOpus()
-			usable++
 			r.OnDataOpus(tr, func(pts time.Duration, pkt []byte) { pub.WriteOpus(pts, pkt) })
-		default:
-			// Every track needs a callback, or the reader has none to call.
-			log.Warn("rtmp: track dropped: no viewer can play its codec", "codec", fmt.Sprintf("%T", tr.Codec))
-			ignore(r, tr)
 		}
-	}
-	if usable == 0 {
-		return fail("unsupported_codec", "rtmp: no track in a codec Vitrine forwards (H.264 video, AAC or Opus audio)")
 	}
 	log.Info("rtmp creator live", "tracks", len(r.Tracks()))
 	for {
