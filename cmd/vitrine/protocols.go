@@ -12,6 +12,7 @@ import (
 	"github.com/vitrine-live/vitrine/media"
 	"github.com/vitrine-live/vitrine/media/ingest"
 	"github.com/vitrine-live/vitrine/media/rtmp"
+	"github.com/vitrine-live/vitrine/media/rtsp"
 )
 
 // RTMPConfig is the RTMP ingest's part of the config (YAML key rtmp).
@@ -39,6 +40,13 @@ type RTSPConfig struct {
 // protocols are the RTMP and RTSP servers of a running app.
 type protocols struct {
 	rtmp, rtmps *rtmp.Server
+	rtsp        *rtsp.Server
+}
+
+// streamByName finds a stream and the key that publishes to it.
+func (a *app) streamByName(name string) (*media.Stream, string, bool) {
+	d, st, ok := a.streams.Get(name)
+	return st, d.Key, ok && st != nil
 }
 
 // streamByKey finds the stream a key publishes to: the key identifies it.
@@ -79,6 +87,19 @@ func (a *app) startProtocols(reg prometheus.Registerer, log *slog.Logger) error 
 		}
 		log.Info("rtmps ingest listening", "addr", a.proto.rtmps.Addr().String())
 	}
+	if a.cfg.RTSP.Address != "" {
+		udpRTP, udpRTCP := a.cfg.RTSP.UDPRTPAddress, a.cfg.RTSP.UDPRTCPAddress
+		if udpRTP == "" || udpRTCP == "" {
+			udpRTP, udpRTCP = "", ""
+		}
+		a.proto.rtsp, err = rtsp.Listen(rtsp.Config{Address: a.cfg.RTSP.Address, UDPRTPAddress: udpRTP, UDPRTCPAddress: udpRTCP,
+			Stream: a.streamByName, Takeover: a.cfg.Streams.Takeover, FFmpeg: a.cfg.FFmpeg,
+			ReadTimeout: a.cfg.RTMP.ReadTimeout, Metrics: m, Log: log})
+		if err != nil {
+			return err
+		}
+		log.Info("rtsp listening", "addr", a.proto.rtsp.Addr().String(), "udp_rtp", udpRTP)
+	}
 	return nil
 }
 
@@ -93,6 +114,9 @@ func (a *app) closeProtocols() {
 			s.Close()
 		}
 	}
+	if a.proto.rtsp != nil {
+		a.proto.rtsp.Close()
+	}
 }
 
 // printProtocolURLs adds the RTMP and RTSP URLs to the welcome text.
@@ -106,6 +130,10 @@ func (a *app) printProtocolURLs(w io.Writer) {
 	}
 	if s := a.proto.rtmps; s != nil {
 		fmt.Fprintf(w, "  RTMPS:                            server rtmps://%s/live  stream key %s\n", hostPort(host, s.Addr()), a.demo.Key)
+	}
+	if s := a.proto.rtsp; s != nil {
+		fmt.Fprintf(w, "  RTSP playback (VLC, ffplay):      rtsp://%s/demo\n", hostPort(host, s.Addr()))
+		fmt.Fprintf(w, "  RTSP publish (ffmpeg -f rtsp):    rtsp://creator:%s@%s/demo\n", a.demo.Key, hostPort(host, s.Addr()))
 	}
 }
 
