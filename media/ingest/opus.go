@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/bluenviron/mediacommon/v2/pkg/codecs/mpeg4audio"
@@ -34,6 +35,7 @@ type Transcoder struct {
 	fed     [fedRing]aacFrame // frames fed to the current ffmpeg, by index
 	nFed    int64
 	running bool
+	pid     atomic.Int64 // of the current ffmpeg, for tests and logs
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -173,6 +175,7 @@ func (t *Transcoder) runOnce(ctx context.Context) error {
 	t.mu.Lock()
 	t.running, t.nFed = true, 0
 	t.mu.Unlock()
+	t.pid.Store(int64(cmd.Process.Pid))
 	t.cfg.Metrics.TranscodersRunning.Inc()
 	t.cfg.Log.Info("audio transcoder started", "pid", cmd.Process.Pid)
 
