@@ -10,6 +10,8 @@ need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v promtool >/dev/null || need+=(prometheus)
+[[ -x /usr/bin/chromium ]] || need+=(chromium)
+command -v npm >/dev/null || need+=(nodejs npm)
 if ((${#need[@]})); then
 	sudo=""
 	[[ $(id -u) -eq 0 ]] || sudo=sudo
@@ -31,3 +33,10 @@ if [[ -n "$unformatted" ]]; then
 fi
 go vet ./...
 go test -race -count=1 -timeout 15m ./...
+
+# The pages, in Debian's Chromium driven by playwright-core, against the
+# binary as users run it.
+npm ci --prefix web/e2e --no-audit --no-fund >/dev/null
+bindir=$(mktemp -d)
+go build -o "$bindir/vitrine" ./cmd/vitrine
+VITRINE_BIN="$bindir/vitrine" npm test --prefix web/e2e

@@ -53,6 +53,8 @@ type WebRTC struct {
 	log        *slog.Logger
 	metrics    *Metrics
 	taps       *rtcpTaps // creators' Receiver Reports, for health metrics
+	// publishVideo is the creators' video codec list, in preference order.
+	publishVideo []webrtc.RTPCodecParameters
 }
 
 // NewWebRTC opens the ICE sockets.
@@ -115,7 +117,7 @@ func NewWebRTC(cfg WebRTCConfig, m *Metrics, log *slog.Logger) (*WebRTC, error) 
 	}
 
 	pubMedia := &webrtc.MediaEngine{}
-	if err := registerCodecs(pubMedia, true); err != nil {
+	if w.publishVideo, err = registerCodecs(pubMedia, true); err != nil {
 		return nil, err
 	}
 	pubInterceptors := &interceptor.Registry{}
@@ -135,7 +137,7 @@ func NewWebRTC(cfg WebRTCConfig, m *Metrics, log *slog.Logger) (*WebRTC, error) 
 		webrtc.WithInterceptorRegistry(pubInterceptors), webrtc.WithSettingEngine(pubSettings))
 
 	viewMedia := &webrtc.MediaEngine{}
-	if err := registerCodecs(viewMedia, false); err != nil {
+	if _, err := registerCodecs(viewMedia, false); err != nil {
 		return nil, err
 	}
 	viewSettings := settings()
@@ -169,7 +171,7 @@ func (w *WebRTC) Close() error {
 // untouched, so the list is what browsers both send and decode. For creators
 // the video order is the preference when a browser offers several: H.264
 // first because every browser and OBS decode or send it in hardware.
-func registerCodecs(m *webrtc.MediaEngine, publisher bool) error {
+func registerCodecs(m *webrtc.MediaEngine, publisher bool) ([]webrtc.RTPCodecParameters, error) {
 	fb := []webrtc.RTCPFeedback{{Type: "nack"}, {Type: "nack", Parameter: "pli"}, {Type: "ccm", Parameter: "fir"}}
 	if publisher {
 		fb = append(fb, webrtc.RTCPFeedback{Type: "transport-cc"}, webrtc.RTCPFeedback{Type: "goog-remb"})
@@ -187,21 +189,23 @@ func registerCodecs(m *webrtc.MediaEngine, publisher bool) error {
 		{webrtc.MimeTypeVP9, "profile-id=0", 98},
 		{webrtc.MimeTypeAV1, "", 45},
 	}
+	var videoCodecs []webrtc.RTPCodecParameters
 	for _, e := range video {
 		c := webrtc.RTPCodecParameters{
 			RTPCodecCapability: webrtc.RTPCodecCapability{MimeType: e.mime, ClockRate: 90000, SDPFmtpLine: e.fmtp, RTCPFeedback: fb},
 			PayloadType:        e.pt,
 		}
 		if err := m.RegisterCodec(c, webrtc.RTPCodecTypeVideo); err != nil {
-			return fmt.Errorf("webrtc: register %s: %w", e.mime, err)
+			return nil, fmt.Errorf("webrtc: register %s: %w", e.mime, err)
 		}
 		rtx := webrtc.RTPCodecParameters{
 			RTPCodecCapability: webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeRTX, ClockRate: 90000, SDPFmtpLine: fmt.Sprintf("apt=%d", e.pt)},
 			PayloadType:        e.pt + 1,
 		}
 		if err := m.RegisterCodec(rtx, webrtc.RTPCodecTypeVideo); err != nil {
-			return fmt.Errorf("webrtc: register rtx: %w", err)
+			return nil, fmt.Errorf("webrtc: register rtx: %w", err)
 		}
+		videoCodecs = append(videoCodecs, c, rtx)
 	}
 	opus := webrtc.RTPCodecParameters{
 		RTPCodecCapability: webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2,
@@ -209,9 +213,26 @@ func registerCodecs(m *webrtc.MediaEngine, publisher bool) error {
 		PayloadType: 111,
 	}
 	if err := m.RegisterCodec(opus, webrtc.RTPCodecTypeAudio); err != nil {
-		return fmt.Errorf("webrtc: register opus: %w", err)
+		return nil, fmt.Errorf("webrtc: register opus: %w", err)
 	}
-	return nil
+	return videoCodecs, nil
+}
+
+// preferCodec orders codecs with those of mime first, keeping the rest in
+// order: an answer lists them so, and a browser sends the first it lists.
+func preferCodec(codecs []webrtc.RTPCodecParameters, mime string) []webrtc.RTPCodecParameters {
+	out := make([]webrtc.RTPCodecParameters, 0, len(codecs))
+	for _, c := range codecs {
+		if strings.EqualFold(c.MimeType, mime) {
+			out = append(out, c)
+		}
+	}
+	for _, c := range codecs {
+		if !strings.EqualFold(c.MimeType, mime) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // BadOfferError is an offer Vitrine cannot answer; its text says why, for the

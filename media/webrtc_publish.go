@@ -63,6 +63,15 @@ func (w *WebRTC) Publish(ctx context.Context, s *Stream, offer string, takeover 
 		pc.Close()
 		return nil, "", &BadOfferError{Reason: err.Error()}
 	}
+	// Ask the creator for the codec the stream's viewers are bound to (H.264
+	// until a first creator chose otherwise): the answer lists it first and
+	// browsers send the first codec of the answer, so nobody renegotiates.
+	prefs := preferCodec(w.publishVideo, s.Video.Codec().MimeType)
+	for _, tr := range pc.GetTransceivers() {
+		if tr.Kind() == webrtc.RTPCodecTypeVideo {
+			_ = tr.SetCodecPreferences(prefs)
+		}
+	}
 	if err := s.Publish(p, takeover); err != nil {
 		pc.Close()
 		return nil, "", err

@@ -127,13 +127,14 @@ func (v *Viewer) Stream() *Stream { return v.stream }
 // PeerConnection exposes the session for trickle ICE and ICE restarts.
 func (v *Viewer) PeerConnection() *webrtc.PeerConnection { return v.pc }
 
-// Send writes one message on the viewer's data channel.
+// Send writes one text message (the overlay's JSON) on the viewer's data
+// channel; browsers hand text messages to pages as strings.
 func (v *Viewer) Send(msg []byte) error {
 	dc := v.channel.Load()
 	if dc == nil {
 		return ErrChannelNotOpen
 	}
-	return dc.Send(msg)
+	return dc.SendText(string(msg))
 }
 
 // Done is closed when the viewer is gone.

@@ -270,6 +270,7 @@ func (s *Show) Cue(ctx context.Context, req CueRequest) (Message, error) {
 	}
 	s.cfg.Metrics.cues.WithLabelValues(req.Type).Inc()
 	s.cfg.Metrics.cueLag.Observe(time.Since(start).Seconds())
+	s.cfg.Log.Info("cue", "stream", s.stream, "type", req.Type, "sku", req.SKU, "id", m.ID, "at_source", m.AtSource)
 	return m, nil
 }
 

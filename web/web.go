@@ -1,6 +1,6 @@
 // Package web holds the pages Vitrine serves, embedded in the binary: the
-// creator studio, the watch page and the embeddable player. They are plain ES
-// modules and CSS: nothing to build.
+// creator studio, the watch page, the embeddable player and an example shop
+// page. They are plain ES modules and CSS: nothing to build.
 package web
 
 import (
@@ -9,20 +9,26 @@ import (
 	"net/http"
 )
 
-//go:embed static
+//go:embed static examples
 var files embed.FS
 
 // Mount adds the pages to mux.
 func Mount(mux *http.ServeMux) {
-	static, _ := fs.Sub(files, "static")
 	serve := func(name string) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
-			http.ServeFileFS(w, r, static, name)
+			http.ServeFileFS(w, r, files, name)
 		}
 	}
-	mux.HandleFunc("GET /{$}", serve("index.html"))
-	mux.HandleFunc("GET /studio", serve("studio.html"))
-	mux.HandleFunc("GET /watch/{stream}", serve("watch.html"))
-	mux.HandleFunc("GET /sdk/vitrine-player.js", serve("vitrine-player.js"))
+	mux.HandleFunc("GET /{$}", serve("static/index.html"))
+	mux.HandleFunc("GET /studio", serve("static/studio.html"))
+	mux.HandleFunc("GET /watch/{stream}", serve("static/watch.html"))
+	mux.HandleFunc("GET /examples/shop", serve("examples/shop.html"))
+	// The player is loaded by shops on other origins as a module script,
+	// which browsers fetch with CORS.
+	mux.HandleFunc("GET /sdk/vitrine-player.js", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Access-Control-Allow-Origin", "*")
+		http.ServeFileFS(w, r, files, "static/vitrine-player.js")
+	})
+	static, _ := fs.Sub(files, "static")
 	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
 }

@@ -1,81 +1,249 @@
-// The creator studio: capture camera or screen, publish it over WHIP with the
-// stream key, end it with a DELETE of the session.
-import { iceGathered } from '/sdk/vitrine-player.js';
+// The creator studio: sign in with the stream key, go live over WHIP from
+// the camera or the screen, and run the show: cards, flash sales, the
+// run-of-show, with live figures.
+import { iceGathered, price } from '/sdk/vitrine-player.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-if (params.get('stream')) $('stream').value = params.get('stream');
-$('key').value = sessionStorage.getItem('vitrine-key') || '';
+let stream = params.get('stream') || sessionStorage.getItem('vitrine-stream') || 'demo';
+let key = sessionStorage.getItem('vitrine-key') || '';
+$('stream').value = stream;
 
 let pc = null;
-let sessionURL = null;
 let media = null;
+let sessionURL = null;
+let lastBytes = null;
+let overlay = { card: null, sale: null };
 
-function status(text, isError = false) {
-  $('status').textContent = text;
-  $('status').classList.toggle('error', isError);
+function setState(state, text) {
+  $('state').dataset.state = state;
+  $('state').textContent = text;
 }
 
-const reasons = {
+async function api(path, opts = {}) {
+  const headers = { Authorization: `Bearer ${key}`, ...(opts.body ? { 'Content-Type': 'application/json' } : {}) };
+  const res = await fetch(path, { ...opts, headers });
+  const body = res.status === 204 ? null : await res.json().catch(() => null);
+  if (!res.ok) throw new Error(body && body.error ? body.error.message : `HTTP ${res.status}`);
+  return body;
+}
+
+// Sign in: the key is checked against the stream's orders endpoint.
+$('signin').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  stream = $('stream').value.trim();
+  key = $('key').value.trim();
+  try {
+    await api(`/api/v1/streams/${encodeURIComponent(stream)}/orders`);
+  } catch (err) {
+    $('signin-error').textContent = err.message;
+    return;
+  }
+  sessionStorage.setItem('vitrine-stream', stream);
+  sessionStorage.setItem('vitrine-key', key);
+  openDesk();
+});
+
+function openDesk() {
+  $('signin').hidden = true;
+  $('desk').hidden = false;
+  $('who').textContent = `· ${stream}`;
+  $('viewerpreview').setAttribute('stream', stream);
+  $('h-whip').textContent = `${location.origin}/whip/${stream}`;
+  $('h-rtmp').textContent = `rtmp://${location.hostname}:1935/live`;
+  loadProducts();
+  followOverlay();
+  setInterval(updateFigures, 2000);
+  // A reload while live goes live again by itself.
+  if (sessionStorage.getItem('vitrine-live') === '1') goLive();
+}
+
+const refusals = {
   401: 'Enter the stream key.',
   403: 'Wrong stream key for this stream.',
   404: 'No stream with this name.',
-  409: 'This stream is already live from another session. End it there first.',
 };
 
-async function goLive(e) {
-  e.preventDefault();
-  $('live').disabled = true;
-  status('Connecting…');
+async function goLive() {
+  $('golive').disabled = true;
+  setState('connecting', 'Connecting…');
   try {
     media = $('source').value === 'screen'
       ? await navigator.mediaDevices.getDisplayMedia({ video: true, audio: true })
       : await navigator.mediaDevices.getUserMedia({ video: { width: 1280, height: 720 }, audio: true });
   } catch (err) {
-    status(`Camera or microphone not available: ${err.message}. Allow access and try again.`, true);
-    $('live').disabled = false;
+    setState('error', `Camera or microphone not available (${err.name}). Allow access in the browser and press Go live again.`);
+    $('golive').disabled = false;
     return;
   }
   $('preview').srcObject = media;
+  // A session of ours that dropped (page reload) is replaced once the
+  // server sees it silent: retry 409 for a few seconds.
+  for (let attempt = 0; attempt < 8; attempt++) {
+    const res = await publish();
+    if (res === 'ok') return;
+    if (res !== 409) break;
+    setState('reconnecting', 'Reconnecting to your stream…');
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+  if (!sessionURL) stop(false);
+}
+
+async function publish() {
   pc = new RTCPeerConnection();
   for (const track of media.getTracks()) pc.addTransceiver(track, { direction: 'sendonly' });
+  const mine = pc;
   pc.onconnectionstatechange = () => {
-    if (!pc) return;
+    if (pc !== mine) return;
     const s = pc.connectionState;
-    if (s === 'connected') status('Live.');
-    if (s === 'disconnected') status('Connection unstable: reconnecting…', true);
-    if (s === 'failed') status('Connection lost. Press Go live again.', true);
+    if (s === 'connected') setState('live', 'Live.');
+    if (s === 'disconnected') setState('reconnecting', 'Connection unstable: reconnecting…');
+    if (s === 'failed') { setState('error', 'Connection lost. Press Go live again.'); stop(false); }
   };
   await pc.setLocalDescription(await pc.createOffer());
   await iceGathered(pc);
-  const stream = $('stream').value;
-  const key = $('key').value;
   const res = await fetch(`/whip/${encodeURIComponent(stream)}`, {
     method: 'POST',
     headers: { 'Content-Type': 'application/sdp', Authorization: `Bearer ${key}` },
     body: pc.localDescription.sdp,
   });
   if (res.status !== 201) {
-    let msg = reasons[res.status];
+    pc.close();
+    pc = null;
+    if (res.status === 409) return 409;
+    let msg = refusals[res.status];
     if (!msg) { try { msg = (await res.json()).error.message; } catch { msg = `Error ${res.status}`; } }
-    status(msg, true);
-    stop(false);
-    return;
+    setState('error', msg);
+    return res.status;
   }
-  sessionStorage.setItem('vitrine-key', key);
   sessionURL = new URL(res.headers.get('Location'), location.href).href;
   await pc.setRemoteDescription({ type: 'answer', sdp: await res.text() });
+  sessionStorage.setItem('vitrine-live', '1');
   $('end').disabled = false;
+  return 'ok';
 }
 
 function stop(sendDelete = true) {
   if (sendDelete && sessionURL) fetch(sessionURL, { method: 'DELETE', keepalive: true }).catch(() => {});
   sessionURL = null;
+  sessionStorage.removeItem('vitrine-live');
   if (pc) { pc.close(); pc = null; }
   if (media) { media.getTracks().forEach((t) => t.stop()); media = null; }
-  $('live').disabled = false;
+  $('golive').disabled = false;
   $('end').disabled = true;
 }
 
-$('form').addEventListener('submit', goLive);
-$('end').addEventListener('click', () => { stop(); status('Stream ended.'); });
+$('golive').addEventListener('click', goLive);
+$('end').addEventListener('click', () => { stop(); setState('ended', 'Stream ended.'); });
+
+async function updateFigures() {
+  try {
+    const s = await (await fetch(`/api/v1/streams/${encodeURIComponent(stream)}`)).json();
+    $('f-viewers').textContent = s.viewers;
+    const o = await api(`/api/v1/streams/${encodeURIComponent(stream)}/orders`);
+    $('f-orders').textContent = o.stats.reserved + o.stats.confirmed;
+    const rev = Object.entries(o.stats.revenue_minor || {}).map(([cur, v]) => price(v, cur)).join(' + ');
+    $('f-revenue').textContent = rev || '–';
+  } catch { /* the next tick retries */ }
+  if (!pc) return;
+  const stats = await pc.getStats();
+  let bytes = 0; let lost = null;
+  stats.forEach((r) => {
+    if (r.type === 'outbound-rtp') bytes += r.bytesSent;
+    if (r.type === 'remote-inbound-rtp' && r.kind === 'video') lost = r.fractionLost;
+  });
+  const now = performance.now();
+  if (lastBytes) $('f-bitrate').textContent = `${Math.round(((bytes - lastBytes.bytes) * 8) / (now - lastBytes.at))} kbps`;
+  lastBytes = { bytes, at: now };
+  if (lost != null) $('f-loss').textContent = `${(lost * 100).toFixed(1)} %`;
+}
+
+async function loadProducts() {
+  const { products } = await (await fetch('/api/v1/products')).json();
+  const list = $('products');
+  list.innerHTML = '';
+  for (const p of products) {
+    const li = document.createElement('li');
+    li.dataset.sku = p.sku;
+    li.innerHTML = `<img alt=""><div><div class="t"></div><div class="m"></div></div>
+      <div class="actions"><button type="button" class="show">Show now</button>
+      <label>Sale price<input type="number" class="sp" min="0" step="0.01"></label>
+      <label>Units<input type="number" class="su" min="1" value="10"></label>
+      <label>Seconds<input type="number" class="sd" min="1" value="60"></label>
+      <button type="button" class="sale secondary">Flash sale</button></div>`;
+    li.querySelector('img').src = p.image_url || '';
+    li.querySelector('.t').textContent = p.title;
+    li.querySelector('.m').textContent = `${price(p.price_minor, p.currency)} · ${p.stock} in stock`;
+    const digits = new Intl.NumberFormat('en', { style: 'currency', currency: p.currency }).resolvedOptions().maximumFractionDigits;
+    li.querySelector('.sp').value = ((p.price_minor * 0.7) / 10 ** digits).toFixed(digits);
+    li.querySelector('.show').addEventListener('click', () => cue({ type: 'card.show', sku: p.sku }));
+    li.querySelector('.sale').addEventListener('click', () => cue({
+      type: 'sale.start', sku: p.sku,
+      price_minor: Math.round(Number(li.querySelector('.sp').value) * 10 ** digits),
+      units: Number(li.querySelector('.su').value),
+      duration_s: Number(li.querySelector('.sd').value),
+    }));
+    list.append(li);
+  }
+}
+
+// cue sends the click's time: the server maps it through this browser's
+// Sender Reports onto the frame the creator was showing.
+async function cue(body) {
+  try {
+    await api(`/api/v1/streams/${encodeURIComponent(stream)}/cues`, { method: 'POST', body: JSON.stringify({ ...body, click_time_ms: Date.now() }) });
+  } catch (err) {
+    $('onscreen').textContent = `Could not send: ${err.message}`;
+  }
+}
+$('hide').addEventListener('click', () => cue({ type: 'card.hide' }));
+$('endsale').addEventListener('click', () => cue({ type: 'sale.end' }));
+
+// followOverlay mirrors what viewers have on screen, from the SSE stream.
+function followOverlay() {
+  const es = new EventSource(`/api/v1/streams/${encodeURIComponent(stream)}/events`);
+  es.onmessage = (e) => {
+    const m = JSON.parse(e.data);
+    if (m.type === 'snapshot') overlay = { card: m.card || null, sale: m.sale ? { ...m.sale, endsAt: Date.now() + m.sale.ms_left } : null };
+    if (m.type === 'card.show') overlay.card = m.card;
+    if (m.type === 'card.hide') overlay.card = null;
+    if (m.type === 'sale.start') { overlay.card = m.card; overlay.sale = { ...m.sale, endsAt: Date.now() + m.sale.ms_left }; }
+    if (m.type === 'sale.end') { overlay.sale = null; if (m.card) overlay.card = m.card; }
+    if (m.type === 'stock') for (const s of m.stock) if (overlay.sale && s.units_left != null && overlay.sale.sku === s.sku) overlay.sale.units_left = s.units_left;
+    renderOnscreen();
+  };
+  setInterval(renderOnscreen, 1000);
+}
+
+function renderOnscreen() {
+  const c = overlay.card;
+  if (!c) { $('onscreen').textContent = 'No card.'; return; }
+  let text = `${c.title} at ${price(c.price_minor, c.currency)}`;
+  const s = overlay.sale;
+  if (s) {
+    const left = Math.max(0, Math.round((s.endsAt - Date.now()) / 1000));
+    text += ` · flash sale: ${s.units > 0 ? `${s.units_left} of ${s.units} left, ` : ''}${Math.floor(left / 60)}:${String(left % 60).padStart(2, '0')} to go`;
+  }
+  $('onscreen').textContent = text;
+}
+
+$('ros-start').addEventListener('click', async () => {
+  try {
+    const cues = JSON.parse($('ros').value);
+    await api(`/api/v1/streams/${encodeURIComponent(stream)}/run-of-show`, { method: 'PUT', body: JSON.stringify({ cues }) });
+    await api(`/api/v1/streams/${encodeURIComponent(stream)}/run-of-show/start`, { method: 'POST' });
+    $('ros-state').textContent = `Running: ${cues.length} cues.`;
+  } catch (err) {
+    $('ros-state').textContent = `Not started: ${err.message}`;
+  }
+});
+$('ros-stop').addEventListener('click', async () => {
+  await api(`/api/v1/streams/${encodeURIComponent(stream)}/run-of-show/stop`, { method: 'POST' }).catch(() => {});
+  $('ros-state').textContent = 'Stopped.';
+});
+
+// For scripts and tests: the live peer connection.
+window.vitrineStudio = { get pc() { return pc; } };
+
+if (key) { $('key').value = key; openDesk(); }
+import('/sdk/vitrine-player.js');

@@ -1,28 +1,62 @@
 // <vitrine-player server="https://host" stream="demo"> plays a Vitrine stream
-// over WHEP with sub-second latency. It shows the stream's state (waiting,
-// live, reconnecting, ended) from the data channel and reconnects by itself.
-// Events: "vitrine-state" (detail: {state, reason}), "vitrine-message"
-// (detail: any data-channel message).
+// over WHEP with sub-second latency and lays the shop overlay over it: the
+// product card appears on the video frame the creator showed it on.
+//
+// Attributes: server (default: this page's origin), stream (default "demo").
+// Events (bubbling, composed):
+//   vitrine-state  {state, reason}       waiting, live, reconnecting, ended
+//   vitrine-card   {card, sale, rtpTimestamp}  a card was shown on screen
+//   vitrine-buy    {sku, qty, card}      cancelable: call preventDefault() to
+//                                        route Buy into your own cart instead
+//   vitrine-order  {order}               an order was confirmed
+//   vitrine-message {...}                any overlay message, as received
+// Style with CSS custom properties: --vitrine-accent, --vitrine-card-bg,
+// --vitrine-card-fg, --vitrine-radius, --vitrine-font, --vitrine-aspect.
 
 const css = `
-:host { display: block; position: relative; background: #000; color: #fff;
-  aspect-ratio: var(--vitrine-aspect, 16 / 9); font: 15px/1.4 system-ui, sans-serif; }
-video { width: 100%; height: 100%; object-fit: contain; display: block; }
+:host { display: block; position: relative; background: #000; color: #fff; overflow: hidden;
+  aspect-ratio: var(--vitrine-aspect, 16 / 9); font: 15px/1.4 var(--vitrine-font, system-ui, sans-serif);
+  border-radius: var(--vitrine-radius, 8px); }
+video { width: 100%; height: 100%; object-fit: contain; display: block; background: #000; }
 .status { position: absolute; inset: 0; display: flex; align-items: center; justify-content: center;
-  text-align: center; padding: 1em; background: rgba(0,0,0,.55); }
-.status[hidden] { display: none; }
-button.unmute { position: absolute; left: 12px; bottom: 12px; border: 0; border-radius: 6px;
-  padding: 8px 12px; font: inherit; cursor: pointer;
+  text-align: center; padding: 1em; background: rgba(0,0,0,.6); font-size: 1.1em; }
+[hidden] { display: none !important; }
+button { font: inherit; border: 0; border-radius: 6px; padding: 8px 14px; cursor: pointer;
   background: var(--vitrine-accent, #ff3d6e); color: #fff; }
-button.unmute[hidden] { display: none; }
+button:disabled { opacity: .6; cursor: default; }
+button:focus-visible { outline: 2px solid #fff; outline-offset: 2px; }
+.unmute { position: absolute; left: 12px; top: 12px; }
+.card { position: absolute; right: 12px; bottom: 12px; width: min(300px, calc(100% - 24px));
+  background: var(--vitrine-card-bg, rgba(255,255,255,.96)); color: var(--vitrine-card-fg, #111);
+  border-radius: var(--vitrine-radius, 8px); padding: 10px; display: grid; gap: 6px;
+  grid-template-columns: 64px 1fr; box-shadow: 0 6px 24px rgba(0,0,0,.35); }
+.card img { width: 64px; height: 64px; object-fit: contain; border-radius: 6px; background: #f3f3f3; }
+.card .title { font-weight: 600; }
+.card .price { font-size: 1.15em; font-weight: 700; }
+.card .list { text-decoration: line-through; opacity: .6; margin-left: 6px; font-weight: 400; font-size: .85em; }
+.card .meta { font-size: .85em; opacity: .8; }
+.card .actions { grid-column: 1 / -1; display: flex; gap: 8px; align-items: center; flex-wrap: wrap; }
+.card .answer { font-size: .9em; }
+.card .sale { color: var(--vitrine-accent, #ff3d6e); font-weight: 700; }
+@media (max-width: 480px) { .card { grid-template-columns: 48px 1fr; font-size: 13px; } .card img { width: 48px; height: 48px; } }
 `;
 
 const labels = {
   connecting: 'Connecting…',
   waiting: 'The stream starts soon. Stay here: it will play by itself.',
-  reconnecting: 'The creator is reconnecting…',
-  ended: 'The stream has ended.',
+  reconnecting: 'Reconnecting…',
+  ended: 'The stream has ended. Thanks for watching!',
 };
+
+// price formats minor units (cents) in the currency's own way.
+export function price(minor, currency, locale) {
+  const fmt = new Intl.NumberFormat(locale, { style: 'currency', currency });
+  const digits = fmt.resolvedOptions().maximumFractionDigits;
+  return fmt.format(minor / 10 ** digits);
+}
+
+// reached: has the frame with RTP timestamp ts reached at (32-bit wrap-around)?
+export function reached(ts, at) { return ((ts - at) | 0) >= 0; }
 
 export class VitrinePlayer extends HTMLElement {
   constructor() {
@@ -31,31 +65,59 @@ export class VitrinePlayer extends HTMLElement {
     root.innerHTML = `<style>${css}</style>
       <video playsinline autoplay muted></video>
       <div class="status" role="status" aria-live="polite"></div>
-      <button class="unmute" type="button">Tap to unmute</button>`;
+      <button class="unmute" type="button" hidden>Tap to unmute</button>
+      <section class="card" hidden aria-live="polite" aria-label="Product">
+        <img alt="">
+        <div><div class="title"></div><div class="price"></div><div class="meta"></div></div>
+        <div class="actions"><button class="buy" type="button">Buy</button>
+          <button class="confirm" type="button" hidden>Confirm order</button>
+          <span class="answer" role="status"></span></div>
+      </section>`;
     this.video = root.querySelector('video');
     this.statusEl = root.querySelector('.status');
     this.unmuteBtn = root.querySelector('.unmute');
-    this.unmuteBtn.addEventListener('click', () => {
-      this.video.muted = false;
-      this.unmuteBtn.hidden = true;
-    });
+    this.cardEl = root.querySelector('.card');
+    this.buyBtn = root.querySelector('.buy');
+    this.confirmBtn = root.querySelector('.confirm');
+    this.answerEl = root.querySelector('.answer');
+    this.unmuteBtn.addEventListener('click', () => { this.video.muted = false; this.unmuteBtn.hidden = true; });
+    this.buyBtn.addEventListener('click', () => this.buy());
+    this.confirmBtn.addEventListener('click', () => this.confirm());
     this.retryDelay = 1000;
+    this.pending = []; // cues waiting for their frame
+    this.card = null;
+    this.sale = null;
+    this.lastFrameAt = 0;
+    this.playoutDelay = 0.1; // seconds, refreshed from getStats for the fallback
   }
 
-  connectedCallback() { this.showStatus('connecting'); this.connect(); }
-  disconnectedCallback() { this.stopped = true; this.teardown(); }
+  connectedCallback() {
+    this.stopped = false;
+    this.showStatus('connecting');
+    this.watchFrames();
+    this.tick = setInterval(() => this.everySecond(), 250);
+    this.connect();
+  }
 
-  get whepURL() {
-    const server = (this.getAttribute('server') || location.origin).replace(/\/$/, '');
-    return `${server}/whep/${encodeURIComponent(this.getAttribute('stream') || 'demo')}`;
+  disconnectedCallback() {
+    this.stopped = true;
+    clearInterval(this.tick);
+    this.teardown();
+  }
+
+  get server() { return (this.getAttribute('server') || location.origin).replace(/\/$/, ''); }
+  get stream() { return this.getAttribute('stream') || 'demo'; }
+
+  emit(name, detail, cancelable = false) {
+    return this.dispatchEvent(new CustomEvent(name, { detail, bubbles: true, composed: true, cancelable }));
   }
 
   showStatus(state, reason) {
     this.state = state;
     const text = labels[state];
     this.statusEl.hidden = !text;
-    this.statusEl.textContent = text ? text + (reason && state === 'ended' ? '' : '') : '';
-    this.dispatchEvent(new CustomEvent('vitrine-state', { detail: { state, reason } }));
+    this.statusEl.textContent = text || '';
+    this.emit('vitrine-state', { state, reason });
   }
 
   async connect() {
@@ -66,12 +128,13 @@ export class VitrinePlayer extends HTMLElement {
     pc.addTransceiver('video', { direction: 'recvonly' });
     pc.addTransceiver('audio', { direction: 'recvonly' });
     const dc = pc.createDataChannel('vitrine');
+    this.dc = dc;
     dc.onmessage = (e) => this.onMessage(e.data);
-    const stream = new MediaStream();
+    const media = new MediaStream();
     pc.ontrack = (e) => {
-      stream.addTrack(e.track);
-      this.video.srcObject = stream;
-      this.video.play().catch(() => {});
+      media.addTrack(e.track);
+      this.video.srcObject = media;
+      this.video.play().then(() => { this.unmuteBtn.hidden = !this.video.muted; }).catch(() => {});
     };
     pc.onconnectionstatechange = () => {
       if (pc !== this.pc) return;
@@ -80,38 +143,248 @@ export class VitrinePlayer extends HTMLElement {
     try {
       await pc.setLocalDescription(await pc.createOffer());
       await iceGathered(pc);
-      const res = await fetch(this.whepURL, {
-        method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: pc.localDescription.sdp,
-      });
+      const token = localStorage.getItem('vitrine-viewer') || '';
+      const url = `${this.server}/whep/${encodeURIComponent(this.stream)}${token ? `?viewer=${encodeURIComponent(token)}` : ''}`;
+      const res = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: pc.localDescription.sdp });
       if (res.status !== 201) throw new Error(`WHEP ${res.status}: ${await res.text()}`);
-      this.location = new URL(res.headers.get('Location'), this.whepURL).href;
+      this.location = new URL(res.headers.get('Location'), url).href;
       await pc.setRemoteDescription({ type: 'answer', sdp: await res.text() });
       this.retryDelay = 1000;
-      this.unmuteBtn.hidden = !this.video.muted;
     } catch (err) {
       console.warn('vitrine-player:', err);
       this.retry();
     }
   }
 
-  onMessage(data) {
-    let msg;
-    try { msg = JSON.parse(data); } catch { return; }
-    if (msg.type === 'stream.state') this.showStatus(msg.state === 'live' ? 'live' : msg.state, msg.reason);
-    this.dispatchEvent(new CustomEvent('vitrine-message', { detail: msg }));
-  }
-
   retry() {
     if (this.stopped || this.retryTimer) return;
-    this.showStatus('reconnecting');
+    if (this.state !== 'ended') this.showStatus('reconnecting');
     this.retryTimer = setTimeout(() => { this.retryTimer = null; this.connect(); }, this.retryDelay);
-    this.retryDelay = Math.min(this.retryDelay * 2, 10000);
+    this.retryDelay = Math.min(this.retryDelay * 2, 8000);
   }
 
   teardown() {
     if (this.location) fetch(this.location, { method: 'DELETE', keepalive: true }).catch(() => {});
     this.location = null;
-    if (this.pc) { const pc = this.pc; this.pc = null; pc.close(); }
+    if (this.pc) { const pc = this.pc; this.pc = null; this.dc = null; pc.close(); }
+  }
+
+  onMessage(data) {
+    let msg;
+    try { msg = JSON.parse(data); } catch { return; }
+    this.emit('vitrine-message', msg);
+    switch (msg.type) {
+      case 'welcome':
+        if (msg.viewer) localStorage.setItem('vitrine-viewer', msg.viewer);
+        break;
+      case 'stream.state':
+        this.showStatus(msg.state === 'live' ? 'live' : msg.state, msg.reason);
+        break;
+      case 'snapshot':
+        this.pending = [];
+        this.apply({ type: 'snapshot', card: msg.card, sale: msg.sale });
+        break;
+      case 'card.show': case 'card.hide': case 'sale.start': case 'sale.end': case 'custom':
+        this.schedule(msg);
+        break;
+      case 'stock':
+        for (const s of msg.stock || []) {
+          if (this.card && this.card.sku === s.sku) this.card.stock = s.stock;
+          if (this.sale && this.sale.sku === s.sku && s.units_left != null) this.sale.units_left = s.units_left;
+        }
+        this.render();
+        break;
+      case 'buy.result': this.onBuyResult(msg); break;
+      case 'confirm.result': this.onConfirmed(msg.order); break;
+      case 'error': if (this.buying) this.answer(msg.message, true); break;
+    }
+  }
+
+  // schedule holds a cue until the frame it belongs to is on screen.
+  schedule(msg) {
+    if (msg.at == null) { this.apply(msg); return; }
+    msg.receivedAt = performance.now();
+    this.pending.push(msg);
+  }
+
+  // watchFrames applies cues on the first presented frame whose RTP
+  // timestamp reaches their `at`. Without rtpTimestamp (some browsers),
+  // a cue applies once the current playout delay has passed since it
+  // arrived; with no frames at all (waiting screen), at once.
+  watchFrames() {
+    if (!('requestVideoFrameCallback' in HTMLVideoElement.prototype)) return;
+    const onFrame = (_now, meta) => {
+      this.lastFrameAt = performance.now();
+      if (this.pending.length) {
+        const ts = meta.rtpTimestamp;
+        const due = this.pending.filter((c) => (ts != null ? reached(ts, c.at)
+          : performance.now() - c.receivedAt >= this.playoutDelay * 1000));
+        if (due.length) {
+          this.pending = this.pending.filter((c) => !due.includes(c));
+          for (const c of due) this.apply(c, ts);
+        }
+      }
+      if (!this.stopped) this.video.requestVideoFrameCallback(onFrame);
+    };
+    this.video.requestVideoFrameCallback(onFrame);
+  }
+
+  async everySecond() {
+    // No frames for a while (waiting, frozen): do not hold cues back.
+    if (this.pending.length && performance.now() - this.lastFrameAt > 500) {
+      const due = this.pending; this.pending = [];
+      for (const c of due) this.apply(c);
+    }
+    if (this.sale) this.render();
+    if (this.pc && this.pc.connectionState === 'connected' && !(this.statsAt > performance.now() - 2000)) {
+      this.statsAt = performance.now();
+      const stats = await this.pc.getStats();
+      stats.forEach((s) => {
+        if (s.type === 'inbound-rtp' && s.kind === 'video' && s.jitterBufferEmittedCount > 0) {
+          this.playoutDelay = s.jitterBufferDelay / s.jitterBufferEmittedCount;
+        }
+      });
+    }
+  }
+
+  apply(msg, rtpTimestamp) {
+    switch (msg.type) {
+      case 'snapshot':
+        this.card = msg.card || null;
+        this.setSale(msg.sale);
+        break;
+      case 'card.show':
+        this.card = msg.card;
+        this.resetAnswer();
+        break;
+      case 'card.hide':
+        this.card = null;
+        break;
+      case 'sale.start':
+        this.card = msg.card;
+        this.setSale(msg.sale);
+        this.resetAnswer();
+        break;
+      case 'sale.end':
+        this.setSale(null);
+        if (msg.card) this.card = msg.card;
+        break;
+    }
+    this.render();
+    if (this.card && msg.type !== 'custom') this.emit('vitrine-card', { card: this.card, sale: this.sale, rtpTimestamp, type: msg.type });
+  }
+
+  setSale(sale) {
+    this.sale = sale ? { ...sale, endsAt: performance.now() + sale.ms_left } : null;
+  }
+
+  resetAnswer() {
+    this.order = null;
+    this.buying = false;
+    this.answerEl.textContent = '';
+    this.confirmBtn.hidden = true;
+  }
+
+  render() {
+    const c = this.card;
+    this.cardEl.hidden = !c;
+    if (!c) return;
+    const img = this.cardEl.querySelector('img');
+    const src = c.image_url ? new URL(c.image_url, this.server + '/').href : '';
+    if (img.getAttribute('src') !== src) img.setAttribute('src', src);
+    img.alt = c.title;
+    this.cardEl.querySelector('.title').textContent = c.title;
+    const p = this.cardEl.querySelector('.price');
+    p.textContent = price(c.price_minor, c.currency);
+    if (c.list_price_minor > c.price_minor) {
+      const list = document.createElement('span');
+      list.className = 'list';
+      list.textContent = price(c.list_price_minor, c.currency);
+      p.append(list);
+    }
+    const meta = this.cardEl.querySelector('.meta');
+    const sale = this.sale && this.sale.sku === c.sku ? this.sale : null;
+    if (sale) {
+      const left = Math.max(0, Math.round((sale.endsAt - performance.now()) / 1000));
+      const units = sale.units > 0 ? `${sale.units_left} left · ` : '';
+      meta.innerHTML = '';
+      const s = document.createElement('span');
+      s.className = 'sale';
+      s.textContent = `Flash sale · ${units}ends in ${Math.floor(left / 60)}:${String(left % 60).padStart(2, '0')}`;
+      meta.append(s);
+    } else {
+      meta.textContent = c.stock > 0 ? `${c.stock} in stock` : 'Out of stock';
+    }
+    const soldOut = sale ? sale.units > 0 && sale.units_left <= 0 : c.stock <= 0;
+    this.buyBtn.disabled = this.buying || !!this.order || soldOut;
+    this.buyBtn.textContent = soldOut && !this.order ? 'Sold out' : 'Buy';
+  }
+
+  // buy reserves one unit. The button is disabled at once and one
+  // idempotency key is made per press, so a double click or a retry never
+  // orders twice.
+  async buy() {
+    if (!this.card || this.buying) return;
+    const detail = { sku: this.card.sku, qty: 1, card: this.card };
+    if (!this.emit('vitrine-buy', detail, true)) return; // the shop handles it
+    this.buying = true;
+    this.render();
+    this.answer('Reserving…');
+    const key = crypto.randomUUID();
+    const msg = { type: 'buy', sku: detail.sku, qty: 1, key };
+    if (this.dc && this.dc.readyState === 'open') {
+      this.dc.send(JSON.stringify(msg));
+      return;
+    }
+    try {
+      const headers = { 'Content-Type': 'application/json' };
+      const token = localStorage.getItem('vitrine-viewer');
+      if (token) headers['Vitrine-Viewer'] = token;
+      const res = await fetch(`${this.server}/api/v1/streams/${encodeURIComponent(this.stream)}/buy`,
+        { method: 'POST', headers, body: JSON.stringify(msg) });
+      if (res.headers.get('Vitrine-Viewer')) localStorage.setItem('vitrine-viewer', res.headers.get('Vitrine-Viewer'));
+      const body = await res.json();
+      if (!res.ok) throw new Error(body.error ? body.error.message : `HTTP ${res.status}`);
+      this.onBuyResult({ result: body });
+    } catch (err) {
+      this.buying = false;
+      this.answer(`Could not buy: ${err.message}`, true);
+      this.render();
+    }
+  }
+
+  onBuyResult(msg) {
+    this.buying = false;
+    const r = msg.result;
+    if (r.outcome === 'reserved') {
+      this.order = r.order;
+      this.answer('Reserved for you. Confirm to complete your order.');
+      this.confirmBtn.hidden = false;
+      this.confirmBtn.disabled = false;
+    } else {
+      this.answer(r.reason || r.outcome, true);
+    }
+    this.answerEl.dataset.outcome = r.outcome;
+    this.render();
+  }
+
+  confirm() {
+    if (!this.order || !this.dc || this.dc.readyState !== 'open') return;
+    this.confirmBtn.disabled = true;
+    this.answer('Confirming…');
+    this.dc.send(JSON.stringify({ type: 'confirm', order_id: this.order.id }));
+  }
+
+  onConfirmed(order) {
+    this.confirmBtn.hidden = true;
+    this.answer('Order confirmed. Thank you!');
+    this.answerEl.dataset.outcome = 'confirmed';
+    this.emit('vitrine-order', { order });
+  }
+
+  answer(text, isError = false) {
+    this.answerEl.textContent = text;
+    this.answerEl.style.color = isError ? '#c0143c' : '';
   }
 }
 
