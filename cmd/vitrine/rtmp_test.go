@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	neturl "net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bluenviron/gortmplib"
+	rtmpcodecs "github.com/bluenviron/gortmplib/pkg/codecs"
+	"github.com/bluenviron/mediacommon/v2/pkg/codecs/h264"
+	"github.com/bluenviron/mediacommon/v2/pkg/codecs/mpeg4audio"
 	"github.com/bluenviron/mediacommon/v2/pkg/codecs/opus"
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
@@ -123,6 +128,7 @@ type recorder struct {
 	mu      sync.Mutex
 	sess    *client.Session
 	pkts    map[string][]*rtp.Packet
+	arrived map[string][]time.Time
 	mime    map[string]string
 	reports map[string][]*rtcp.SenderReport
 	states  []string
@@ -134,7 +140,7 @@ func record(t *testing.T, base, stream string) *recorder {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &recorder{pkts: map[string][]*rtp.Packet{}, mime: map[string]string{}, reports: map[string][]*rtcp.SenderReport{}}
+	r := &recorder{pkts: map[string][]*rtp.Packet{}, arrived: map[string][]time.Time{}, mime: map[string]string{}, reports: map[string][]*rtcp.SenderReport{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	sess, err := client.Watch(ctx, api, base+"/whep/"+stream, true, func(pc *webrtc.PeerConnection, dc *webrtc.DataChannel) {
@@ -165,6 +171,7 @@ func record(t *testing.T, base, stream string) *recorder {
 				}
 				r.mu.Lock()
 				r.pkts[kind] = append(r.pkts[kind], p)
+				r.arrived[kind] = append(r.arrived[kind], time.Now())
 				r.mu.Unlock()
 			}
 		})
@@ -497,5 +504,212 @@ func TestRTMPTranscoderMissing(t *testing.T) {
 	})
 	if v.count("audio") != 0 {
 		t.Errorf("%d audio packets without a transcoder", v.count("audio"))
+	}
+}
+
+// rtmpPublisher is an in-process RTMP encoder (gortmplib's client) sending
+// the test clip's H.264 and either its Opus (Enhanced RTMP) or AAC, at
+// real-time pace, remembering when each frame left.
+type rtmpPublisher struct {
+	mu        sync.Mutex
+	videoSent map[int]time.Time // by frame index (30 fps)
+	audioSent map[int]time.Time // by audio frame index
+	opusSent  *sentSet
+}
+
+// clipAUs turns the clip's RTP frames back into access units.
+func clipAUs(t *testing.T, c *clip) [][][]byte {
+	t.Helper()
+	var aus [][][]byte
+	for _, frame := range c.video {
+		var dp codecs.H264Packet
+		var annexB []byte
+		for _, p := range frame {
+			b, err := dp.Unmarshal(p.Payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			annexB = append(annexB, b...)
+		}
+		var au h264.AnnexB
+		if err := au.Unmarshal(annexB); err != nil {
+			t.Fatal(err)
+		}
+		aus = append(aus, au)
+	}
+	return aus
+}
+
+// aacFrames makes 2 s of AAC-LC (48 kHz stereo) with ffmpeg.
+func aacFrames(t *testing.T) (*mpeg4audio.AudioSpecificConfig, [][]byte) {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "tone.aac")
+	out, err := exec.Command("ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+		"-i", "sine=frequency=440:sample_rate=48000", "-t", "2", "-ac", "2", "-c:a", "aac", "-f", "adts", f).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ffmpeg: %v %s", err, out)
+	}
+	raw, _ := os.ReadFile(f)
+	var pkts mpeg4audio.ADTSPackets
+	if err := pkts.Unmarshal(raw); err != nil {
+		t.Fatal(err)
+	}
+	var frames [][]byte
+	for _, p := range pkts {
+		frames = append(frames, p.AU)
+	}
+	return &mpeg4audio.AudioSpecificConfig{Type: pkts[0].Type, SampleRate: pkts[0].SampleRate, ChannelConfig: pkts[0].ChannelConfig}, frames
+}
+
+// run publishes until ctx ends. audio is "opus" or "aac".
+func (p *rtmpPublisher) run(ctx context.Context, t *testing.T, url, audio string, c *clip) error {
+	u, _ := neturl.Parse(url)
+	cl := &gortmplib.Client{URL: u, Publish: true}
+	if err := cl.Initialize(ctx); err != nil {
+		return err
+	}
+	defer cl.Close()
+	aus := clipAUs(t, c)
+	var sps, pps []byte
+	for _, n := range aus[0] {
+		switch n[0] & 0x1f {
+		case 7:
+			sps = n
+		case 8:
+			pps = n
+		}
+	}
+	vt := &gortmplib.Track{Codec: &rtmpcodecs.H264{SPS: sps, PPS: pps}}
+	var at *gortmplib.Track
+	var aacConf *mpeg4audio.AudioSpecificConfig
+	var aac [][]byte
+	audioFrame := 20 * time.Millisecond
+	if audio == "opus" {
+		at = &gortmplib.Track{Codec: &rtmpcodecs.Opus{IDHeader: &opus.IDHeader{Version: 1, ChannelCount: 2, PreSkip: 312, InputSampleRate: 48000}}}
+	} else {
+		aacConf, aac = aacFrames(t)
+		at = &gortmplib.Track{Codec: &rtmpcodecs.MPEG4Audio{Config: aacConf}}
+		audioFrame = 1024 * time.Second / 48000
+	}
+	w := &gortmplib.Writer{Conn: cl, Tracks: []*gortmplib.Track{vt, at}}
+	if err := w.Initialize(); err != nil {
+		return err
+	}
+	start := time.Now()
+	vi, ai := 0, 0
+	for {
+		nextV := start.Add(time.Duration(vi) * time.Second / 30)
+		nextA := start.Add(time.Duration(ai) * audioFrame)
+		next := nextV
+		if nextA.Before(next) {
+			next = nextA
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Until(next)):
+		}
+		now := time.Now()
+		var err error
+		if !nextA.After(nextV) || !nextA.After(now) {
+			pts := time.Duration(ai) * audioFrame
+			if audio == "opus" {
+				pkt := c.audio[ai%len(c.audio)].Payload
+				p.opusSent.add(pkt)
+				err = w.WriteOpus(at, pts, pkt)
+			} else {
+				err = w.WriteMPEG4Audio(at, pts, aac[ai%len(aac)])
+			}
+			p.mu.Lock()
+			p.audioSent[ai] = now
+			p.mu.Unlock()
+			ai++
+		}
+		if !nextV.After(now) {
+			pts := time.Duration(vi) * time.Second / 30
+			err = errors.Join(err, w.WriteH264(vt, pts, pts, aus[vi%len(aus)]))
+			p.mu.Lock()
+			p.videoSent[vi] = now
+			p.mu.Unlock()
+			vi++
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// latencies matches what the viewer got with when it was sent, by RTP
+// timestamp (the stream is fresh: viewers' timestamps are the source's).
+func (p *rtmpPublisher) latencies(r *recorder, kind string, rate, perFrame float64) []time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	sent := p.videoSent
+	if kind == "audio" {
+		sent = p.audioSent
+	}
+	seen := map[int]bool{}
+	var out []time.Duration
+	for i, pkt := range r.pkts[kind] {
+		idx := int(float64(pkt.Timestamp)/rate/perFrame + 0.5)
+		if seen[idx] || float64(idx)*perFrame < 3 {
+			continue // later packets of the same frame; the first 3 s (the server reads 2 s of tracks, then catches up)
+		}
+		seen[idx] = true
+		if at, ok := sent[idx]; ok {
+			out = append(out, r.arrived[kind][i].Sub(at))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func pct(d []time.Duration, p int) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	return d[min(len(d)-1, len(d)*p/100)].Round(100 * time.Microsecond)
+}
+
+// TestRTMPEnhancedOpusAndLatency: Opus over Enhanced RTMP reaches viewers
+// untouched; and the ingest-to-viewer latency of RTMP video and audio (AAC:
+// transcoding included) is logged for docs/benchmarks.md. Live seconds:
+// VITRINE_RTMP_BENCH_SECONDS (4 by default).
+func TestRTMPEnhancedOpusAndLatency(t *testing.T) {
+	c := testClip(t)
+	seconds := 4
+	if s, err := strconv.Atoi(os.Getenv("VITRINE_RTMP_BENCH_SECONDS")); err == nil && s > 0 {
+		seconds = s
+	}
+	for _, audio := range []string{"opus", "aac"} {
+		t.Run(audio, func(t *testing.T) {
+			a, base := rtmpApp(t, false, nil)
+			v := record(t, base, "demo")
+			p := &rtmpPublisher{videoSent: map[int]time.Time{}, audioSent: map[int]time.Time{}, opusSent: &sentSet{}}
+			// 2 s go to the server reading the tracks, then live.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(seconds+2)*time.Second)
+			defer cancel()
+			if err := p.run(ctx, t, "rtmp://"+a.proto.rtmp.Addr().String()+"/live/"+a.demo.Key, audio, c); err != nil {
+				t.Fatal(err)
+			}
+			if v.count("video") < 30 || v.count("audio") < 50 {
+				t.Fatalf("viewer got %d video, %d audio packets", v.count("video"), v.count("audio"))
+			}
+			if audio == "opus" {
+				v.mu.Lock()
+				for _, pkt := range v.pkts["audio"] {
+					if !p.opusSent.has(pkt.Payload) {
+						t.Fatal("an Opus packet differs from what the encoder sent")
+					}
+				}
+				v.mu.Unlock()
+			}
+			vl := p.latencies(v, "video", 90000, 1.0/30)
+			al := p.latencies(v, "audio", 48000, map[string]float64{"opus": 0.02, "aac": 1024.0 / 48000}[audio])
+			t.Logf("RTMP (%s audio) to WHEP viewer on loopback, %d s live: video p50 %s p95 %s (%d frames); audio p50 %s p95 %s (%d packets)",
+				audio, seconds, pct(vl, 50), pct(vl, 95), len(vl), pct(al, 50), pct(al, 95), len(al))
+		})
 	}
 }
