@@ -5,7 +5,8 @@
 // Attributes: server (default: this page's origin), stream (default "demo").
 // Events (bubbling, composed):
 //   vitrine-state  {state, reason}       waiting, live, reconnecting, ended
-//   vitrine-card   {card, sale, rtpTimestamp}  a card was shown on screen
+//   vitrine-card   {card, sale, rtpTimestamp, type, id}  a card is on screen
+//                  (fired in the frame callback of the frame it appears on)
 //   vitrine-buy    {sku, qty, card}      cancelable: call preventDefault() to
 //                                        route Buy into your own cart instead
 //   vitrine-order  {order}               an order was confirmed
@@ -215,9 +216,18 @@ export class VitrinePlayer extends HTMLElement {
     if (!('requestVideoFrameCallback' in HTMLVideoElement.prototype)) return;
     const onFrame = (_now, meta) => {
       this.lastFrameAt = performance.now();
+      const ts = meta.rtpTimestamp;
+      if (ts != null && this.lastTs != null) {
+        const step = (ts - this.lastTs) | 0;
+        if (step > 0 && step < 9000) this.frameTicks = step;
+      }
+      this.lastTs = ts;
       if (this.pending.length) {
-        const ts = meta.rtpTimestamp;
-        const due = this.pending.filter((c) => (ts != null ? reached(ts, c.at)
+        // A click happened during some frame: the one on screen then, whose
+        // timestamp is at most one frame before the click's instant. Other
+        // cues carry a frame's own timestamp.
+        const target = (c) => (c.at_source === 'click' ? c.at - (this.frameTicks || 3000) + 1 : c.at);
+        const due = this.pending.filter((c) => (ts != null ? reached(ts, target(c))
           : performance.now() - c.receivedAt >= this.playoutDelay * 1000));
         if (due.length) {
           this.pending = this.pending.filter((c) => !due.includes(c));
@@ -271,7 +281,7 @@ export class VitrinePlayer extends HTMLElement {
         break;
     }
     this.render();
-    if (this.card && msg.type !== 'custom') this.emit('vitrine-card', { card: this.card, sale: this.sale, rtpTimestamp, type: msg.type });
+    if (this.card && msg.type !== 'custom') this.emit('vitrine-card', { card: this.card, sale: this.sale, rtpTimestamp, type: msg.type, id: msg.id });
   }
 
   setSale(sale) {
