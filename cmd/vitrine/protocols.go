@@ -35,12 +35,23 @@ type RTSPConfig struct {
 	// UDP ports for RTP and RTCP (an even/odd pair); "" = TCP only.
 	UDPRTPAddress  string `yaml:"udp_rtp_address"`
 	UDPRTCPAddress string `yaml:"udp_rtcp_address"`
+	// Pull: cameras or RTSP servers Vitrine reads and publishes as a
+	// stream's creator, reconnecting with backoff.
+	Pull []PullSource `yaml:"pull"`
+}
+
+// PullSource is one RTSP source to pull into a stream (which must exist).
+type PullSource struct {
+	Stream    string `yaml:"stream"`
+	URL       string `yaml:"url"`
+	Transport string `yaml:"transport"` // tcp (default) or udp
 }
 
 // protocols are the RTMP and RTSP servers of a running app.
 type protocols struct {
 	rtmp, rtmps *rtmp.Server
 	rtsp        *rtsp.Server
+	pulls       []*rtsp.Puller
 }
 
 // streamByName finds a stream and the key that publishes to it.
@@ -100,6 +111,18 @@ func (a *app) startProtocols(reg prometheus.Registerer, log *slog.Logger) error 
 		}
 		log.Info("rtsp listening", "addr", a.proto.rtsp.Addr().String(), "udp_rtp", udpRTP)
 	}
+	for _, src := range a.cfg.RTSP.Pull {
+		_, st, ok := a.streams.Get(src.Stream)
+		if !ok {
+			return fmt.Errorf("rtsp pull: no stream %q (create it first)", src.Stream)
+		}
+		p, err := rtsp.Pull(rtsp.PullConfig{Stream: st, URL: src.URL, Transport: src.Transport, Takeover: a.cfg.Streams.Takeover,
+			FFmpeg: a.cfg.FFmpeg, Timeout: a.cfg.RTMP.ReadTimeout, Metrics: m, Log: log})
+		if err != nil {
+			return err
+		}
+		a.proto.pulls = append(a.proto.pulls, p)
+	}
 	return nil
 }
 
@@ -108,6 +131,9 @@ func (a *app) startProtocols(reg prometheus.Registerer, log *slog.Logger) error 
 func (a *app) closeProtocols() {
 	if a.proto == nil {
 		return
+	}
+	for _, p := range a.proto.pulls {
+		p.Close()
 	}
 	for _, s := range []*rtmp.Server{a.proto.rtmp, a.proto.rtmps} {
 		if s != nil {

@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -152,4 +154,78 @@ func errorsAs(err error, target *net.Error) bool {
 		err = u.Unwrap()
 	}
 	return false
+}
+
+// tcpProxy forwards connections to target until cut is called, which drops
+// every connection open so far (a camera's network going away).
+type tcpProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+	wg     sync.WaitGroup
+}
+
+func newTCPProxy(t *testing.T, target string) *tcpProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tcpProxy{ln: ln, target: target}
+	p.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, up)
+			p.mu.Unlock()
+			p.wg.Go(func() { io.Copy(up, c); up.Close() })
+			p.wg.Go(func() { io.Copy(c, up); c.Close() })
+		}
+	})
+	t.Cleanup(func() { ln.Close(); p.cut(); p.wg.Wait() })
+	return p
+}
+
+func (p *tcpProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// TestRTSPPull: a second Vitrine pulls the first one's stream over RTSP as
+// a camera would be pulled, its viewers get H.264 and Opus, and when the
+// source's connection drops the pull reconnects by itself.
+func TestRTSPPull(t *testing.T) {
+	src, _ := rtmpApp(t, true, nil)
+	ffmpegPush(t, "flv", "rtmp://"+src.proto.rtmp.Addr().String()+"/live/"+src.demo.Key)
+	proxy := newTCPProxy(t, src.proto.rtsp.Addr().String())
+	_, base := testApp(t, func(c *Config) {
+		c.RTMP.ReadTimeout = 2 * time.Second
+		c.RTSP.Pull = []PullSource{{Stream: "demo", URL: "rtsp://" + proxy.ln.Addr().String() + "/demo"}}
+	})
+	v := record(t, base, "demo")
+	eventually(t, "pulled stream plays", 20*time.Second, func() bool {
+		return v.count("video") > 60 && v.count("audio") > 50 && v.lastState() == "live"
+	})
+	proxy.cut()
+	eventually(t, "viewers told the source dropped", 10*time.Second, func() bool { return v.lastState() == "reconnecting" })
+	n := v.count("video")
+	eventually(t, "pull reconnected by itself", 20*time.Second, func() bool {
+		return v.count("video") > n+60 && v.lastState() == "live"
+	})
+	if got := metricLine(t, base, `vitrine_ingest_connections_total{protocol="rtsp-pull",result="accepted"}`); got < 2 {
+		t.Errorf("pull sessions accepted = %v, want 2", got)
+	}
 }

@@ -80,8 +80,22 @@ func (s *Server) OnRecord(ctx *gortsplib.ServerHandlerOnRecordCtx) (*base.Respon
 	}
 	s.cfg.Metrics.Connections.WithLabelValues("rtsp", "accepted").Inc()
 	ss.pub = pub
-	video, audio := false, false
-	for _, m := range ss.desc.Medias {
+	video, audio := wireTracks(sess, ss.desc, pub)
+	ss.log.Info("rtsp creator live", "video", video, "audio", audio)
+	return &base.Response{StatusCode: base.StatusOK}, nil
+}
+
+// packetSource is what a server session (RECORD) and a client (a pulled
+// camera) both offer: RTP packets per track, with their presentation times.
+type packetSource interface {
+	OnPacketRTP(*description.Media, format.Format, gortsplib.OnPacketRTPFunc)
+	PacketPTS2(*description.Media, *rtp.Packet) (int64, bool)
+}
+
+// wireTracks feeds the first H.264 track and the first AAC or Opus track of
+// desc into pub. It reports which kinds it found.
+func wireTracks(sess packetSource, desc *description.Session, pub *ingest.Publisher) (video, audio bool) {
+	for _, m := range desc.Medias {
 		for _, f := range m.Formats {
 			switch f := f.(type) {
 			case *format.H264:
@@ -120,14 +134,13 @@ func (s *Server) OnRecord(ctx *gortsplib.ServerHandlerOnRecordCtx) (*base.Respon
 					frame = 960
 				}
 				sess.OnPacketRTP(m, f, func(pkt *rtp.Packet) {
+					pts, ok := sess.PacketPTS2(medi, pkt)
 					aus, err := dec.Decode(pkt)
-					if err != nil {
+					if err != nil || !ok {
 						return
 					}
-					if pts, ok := sess.PacketPTS2(medi, pkt); ok {
-						for i, au := range aus {
-							pub.WriteAAC(ticksToDuration(pts+int64(i)*frame, rate), au)
-						}
+					for i, au := range aus {
+						pub.WriteAAC(ticksToDuration(pts+int64(i)*frame, rate), au)
 					}
 				})
 			case *format.Opus:
@@ -142,19 +155,17 @@ func (s *Server) OnRecord(ctx *gortsplib.ServerHandlerOnRecordCtx) (*base.Respon
 				audio = true
 				medi := m
 				sess.OnPacketRTP(m, f, func(pkt *rtp.Packet) {
+					pts, ok := sess.PacketPTS2(medi, pkt)
 					p, err := dec.Decode(pkt)
-					if err != nil {
+					if err != nil || !ok {
 						return
 					}
-					if pts, ok := sess.PacketPTS2(medi, pkt); ok {
-						pub.WriteOpus(ticksToDuration(pts, 48000), p)
-					}
+					pub.WriteOpus(ticksToDuration(pts, 48000), p)
 				})
 			}
 		}
 	}
-	ss.log.Info("rtsp creator live", "video", video, "audio", audio)
-	return &base.Response{StatusCode: base.StatusOK}, nil
+	return video, audio
 }
 
 func ticksToDuration(ticks, rate int64) time.Duration {
