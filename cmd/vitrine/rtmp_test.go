@@ -3,8 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	neturl "net/url"
 	"os"
@@ -712,4 +719,40 @@ func TestRTMPEnhancedOpusAndLatency(t *testing.T) {
 				audio, seconds, pct(vl, 50), pct(vl, 95), len(vl), pct(al, 50), pct(al, 95), len(al))
 		})
 	}
+}
+
+// selfSigned writes a certificate for 127.0.0.1 and its key.
+func selfSigned(t *testing.T) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalECPrivateKey(key)
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+	return certFile, keyFile
+}
+
+// TestRTMPS: an encoder publishes over RTMP in TLS with the configured
+// certificate.
+func TestRTMPS(t *testing.T) {
+	cert, key := selfSigned(t)
+	a, base := rtmpApp(t, false, func(c *Config) {
+		c.RTMP.TLSAddress, c.RTMP.CertFile, c.RTMP.KeyFile = "127.0.0.1:0", cert, key
+	})
+	v := record(t, base, "demo")
+	ffmpegPush(t, "flv", "rtmps://"+a.proto.rtmps.Addr().String()+"/live/"+a.demo.Key)
+	eventually(t, "viewer plays an RTMPS stream", 15*time.Second, func() bool {
+		return v.count("video") > 60 && v.count("audio") > 30
+	})
 }
