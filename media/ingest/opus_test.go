@@ -165,6 +165,7 @@ func TestTranscoderCost(t *testing.T) {
 	feed(tr, frames, conf.SampleRate, 0)
 	wall := time.Since(start)
 	cpu := procCPU(t, pid) - cpu0
+	rss := procRSS(t, pid)
 	out.mu.Lock()
 	lat := slices.Clone(out.latency)
 	out.mu.Unlock()
@@ -172,8 +173,8 @@ func TestTranscoderCost(t *testing.T) {
 	if len(lat) == 0 {
 		t.Fatal("no Opus out")
 	}
-	t.Logf("one AAC->Opus stream (44.1 kHz stereo, 128 kbit/s in, 96 kbit/s Opus out), %s of audio: ffmpeg CPU %.1f%% of a core; "+
-		"AAC in to Opus out p50 %s, p95 %s, max %s", wall.Round(time.Millisecond), 100*cpu.Seconds()/wall.Seconds(),
+	t.Logf("one AAC->Opus stream (44.1 kHz stereo, 128 kbit/s in, 96 kbit/s Opus out), %s of audio: ffmpeg CPU %.1f%% of a core, RSS %s; "+
+		"AAC in to Opus out p50 %s, p95 %s, max %s", wall.Round(time.Millisecond), 100*cpu.Seconds()/wall.Seconds(), rss,
 		lat[len(lat)/2].Round(100*time.Microsecond), lat[len(lat)*95/100].Round(100*time.Microsecond), lat[len(lat)-1].Round(100*time.Microsecond))
 }
 
@@ -188,6 +189,20 @@ func procCPU(t testing.TB, pid int) time.Duration {
 	utime, _ := strconv.Atoi(fields[11])
 	stime, _ := strconv.Atoi(fields[12])
 	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
+}
+
+// procRSS is a process's resident memory, from /proc.
+func procRSS(t testing.TB, pid int) string {
+	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "?"
 }
 
 func eventually(t testing.TB, what string, timeout time.Duration, ok func() bool) {
