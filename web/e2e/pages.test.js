@@ -22,6 +22,7 @@ async function playing(page, minFrames = 30) {
 
 async function openStudio(context) {
   const page = await context.newPage();
+  ownRequestsOnly(page);
   await page.goto(`${server.base}/studio?stream=demo`);
   await page.fill('#key', KEY);
   await page.click('#signin button[type=submit]');
@@ -29,9 +30,20 @@ async function openStudio(context) {
   return page;
 }
 
+// Pages must fetch nothing from outside the Vitrine server (no CDN fonts,
+// scripts or images).
+const foreign = [];
+function ownRequestsOnly(page) {
+  page.on('request', (req) => {
+    const url = req.url();
+    if (!url.startsWith(server.base) && !/^(data|blob):/.test(url)) foreign.push(url);
+  });
+}
+
 async function watcher(name) {
   const context = await browser.newContext();
   const page = await context.newPage();
+  ownRequestsOnly(page);
   page.on('pageerror', (err) => { throw new Error(`${name}: ${err.message}`); });
   await page.goto(`${server.base}/watch/demo`);
   return page;
@@ -145,6 +157,10 @@ test('go live, watch, show a card, sell out a flash sale, embed, reload', async 
       return s && s.frames > before + 30;
     }, 20000);
     t.diagnostic(`playback back ${Date.now() - reloaded} ms after the reload`);
+  });
+
+  await t.test('no page requested anything outside the server', () => {
+    assert.deepEqual(foreign, []);
   });
 
   await t.test('screenshots for the docs', async () => {

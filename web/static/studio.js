@@ -79,10 +79,14 @@ async function goLive() {
   $('preview').srcObject = media;
   // A session of ours that dropped (page reload) is replaced once the
   // server sees it silent: retry 409 for a few seconds.
-  for (let attempt = 0; attempt < 8; attempt++) {
+  for (let attempt = 0; ; attempt++) {
     const res = await publish();
     if (res === 'ok') return;
     if (res !== 409) break;
+    if (attempt === 7) {
+      setState('error', 'This stream is already live from another session (another tab, OBS?). End it there, then press Go live.');
+      break;
+    }
     setState('reconnecting', 'Reconnecting to your stream…');
     await new Promise((r) => setTimeout(r, 1000));
   }
