@@ -282,7 +282,11 @@ func (a *app) printWelcome(w io.Writer) {
 	if a.tokenGen {
 		fmt.Fprintf(w, "  Admin token (generated; set VITRINE_ADMIN_TOKEN to keep one): %s\n", a.cfg.AdminToken)
 	}
-	fmt.Fprintf(w, "  REST API: %s/api/v1/streams   metrics: %s/metrics\n\n", base, base)
+	metrics := base + "/metrics"
+	if a.metricsListener != nil {
+		metrics = "http://" + a.metricsListener.Addr().String() + "/metrics"
+	}
+	fmt.Fprintf(w, "  REST API: %s/api/v1/streams   metrics: %s\n\n", base, metrics)
 }
 
 // Close shuts down gracefully: stop taking requests, end sessions, close
