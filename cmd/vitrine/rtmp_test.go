@@ -27,6 +27,7 @@ import (
 
 	"github.com/bluenviron/gortmplib"
 	rtmpcodecs "github.com/bluenviron/gortmplib/pkg/codecs"
+	"github.com/bluenviron/mediacommon/v2/pkg/codecs/av1"
 	"github.com/bluenviron/mediacommon/v2/pkg/codecs/h264"
 	"github.com/bluenviron/mediacommon/v2/pkg/codecs/mpeg4audio"
 	"github.com/bluenviron/mediacommon/v2/pkg/codecs/opus"
@@ -755,4 +756,82 @@ func TestRTMPS(t *testing.T) {
 	eventually(t, "viewer plays an RTMPS stream", 15*time.Second, func() bool {
 		return v.count("video") > 60 && v.count("audio") > 30
 	})
+}
+
+// av1TUs makes 2 s of AV1 (30 fps, a keyframe each second) with ffmpeg and
+// splits it into temporal units.
+func av1TUs(t *testing.T) [][][]byte {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "clip.obu")
+	out, err := exec.Command("ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
+		"-t", "2", "-c:v", "libsvtav1", "-preset", "12", "-g", "30", "-pix_fmt", "yuv420p", "-f", "obu", f).CombinedOutput()
+	if err != nil {
+		t.Skipf("no AV1 encoder in this ffmpeg: %v %s", err, out)
+	}
+	raw, _ := os.ReadFile(f)
+	var obus av1.Bitstream
+	if err := obus.Unmarshal(raw); err != nil {
+		t.Fatal(err)
+	}
+	var tus [][][]byte
+	for _, o := range obus {
+		if av1.OBUType((o[0]>>3)&0x0f) == av1.OBUTypeTemporalDelimiter {
+			tus = append(tus, nil)
+			continue
+		}
+		if len(tus) > 0 {
+			tus[len(tus)-1] = append(tus[len(tus)-1], o)
+		}
+	}
+	return tus
+}
+
+// TestRTMPEnhancedAV1: AV1 over Enhanced RTMP reaches a WHEP viewer that
+// negotiates AV1, starting at a keyframe.
+func TestRTMPEnhancedAV1(t *testing.T) {
+	tus := av1TUs(t)
+	a, base := rtmpApp(t, false, nil)
+	u, _ := neturl.Parse("rtmp://" + a.proto.rtmp.Addr().String() + "/live/" + a.demo.Key)
+	cl := &gortmplib.Client{URL: u, Publish: true}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := cl.Initialize(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	track := &gortmplib.Track{Codec: &rtmpcodecs.AV1{}}
+	w := &gortmplib.Writer{Conn: cl, Tracks: []*gortmplib.Track{track}}
+	if err := w.Initialize(); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		start := time.Now()
+		for i := 0; ; i++ {
+			pts := time.Duration(i) * time.Second / 30
+			if w.WriteAV1(track, pts, tus[i%len(tus)]) != nil {
+				return
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Until(start.Add(pts + time.Second/30))):
+			}
+		}
+	}()
+	defer func() { close(stop); cl.Close(); <-done }()
+	_, st, _ := a.streams.Get("demo")
+	eventually(t, "the stream carries AV1", 10*time.Second, func() bool { return strings.EqualFold(st.Video.Codec().MimeType, "video/AV1") })
+	v := record(t, base, "demo")
+	eventually(t, "viewer gets AV1", 10*time.Second, func() bool { return v.count("video") > 30 })
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if !strings.EqualFold(v.mime["video"], webrtc.MimeTypeAV1) {
+		t.Errorf("viewer negotiated %s", v.mime["video"])
+	}
+	if first := v.pkts["video"][0].Payload; first[0]&0x08 == 0 {
+		t.Errorf("first AV1 packet %x does not start a coded video sequence", first[0])
+	}
 }

@@ -13,7 +13,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/bluenviron/gortsplib/v4/pkg/format/rtpav1"
 	"github.com/bluenviron/gortsplib/v4/pkg/format/rtph264"
+	"github.com/bluenviron/mediacommon/v2/pkg/codecs/av1"
 	"github.com/bluenviron/mediacommon/v2/pkg/codecs/mpeg4audio"
 	"github.com/pion/rtp"
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,6 +53,7 @@ type Publisher struct {
 
 	video      *media.Source
 	h264       *rtph264.Encoder
+	av1        *rtpav1.Encoder
 	sps, pps   []byte
 	videoSR    time.Time
 	videoOut   prometheus.Counter
@@ -214,11 +217,18 @@ func (p *Publisher) WriteH264(pts time.Duration, au [][]byte) error {
 	if err != nil {
 		return fmt.Errorf("ingest: packetize H.264: %w", err)
 	}
+	p.writeVideo(now, pts, pkts)
+	return nil
+}
+
+// writeVideo sends one frame's packets, stamped with pts on the 90 kHz
+// clock, and keeps the track's clock mapping current.
+func (p *Publisher) writeVideo(now time.Time, pts time.Duration, pkts []*rtp.Packet) {
 	ts := rtpTime(pts, 90000)
 	for _, pkt := range pkts {
 		pkt.Timestamp = ts
 		if err := p.video.WriteRTP(&pkt.Header, pkt.Payload); err != nil {
-			return nil // replaced or oversize: the track counts it
+			return // replaced or oversize: the track counts it
 		}
 	}
 	p.videoOut.Inc()
@@ -227,6 +237,48 @@ func (p *Publisher) WriteH264(pts time.Duration, au [][]byte) error {
 		t := p.clock.wall(pts)
 		p.video.SenderReport(t, t, ts)
 	}
+}
+
+// StartAV1 starts the video track for AV1 (Enhanced RTMP), which browsers
+// decode over WebRTC.
+func (p *Publisher) StartAV1() error {
+	p.av1 = &rtpav1.Encoder{PayloadType: 45, PayloadMaxSize: 1200, SSRC: new(uint32), InitialSequenceNumber: new(uint16)}
+	if err := p.av1.Init(); err != nil {
+		return err
+	}
+	p.video = p.cfg.Stream.Video.NewSource(media.Codec{MimeType: "video/AV1", ClockRate: 90000}, nil)
+	return nil
+}
+
+// WriteAV1 sends one temporal unit (its OBUs), presented at pts.
+func (p *Publisher) WriteAV1(pts time.Duration, tu [][]byte) error {
+	if p.av1 == nil {
+		return errors.New("ingest: AV1 not started")
+	}
+	now := time.Now()
+	p.last.Store(now.UnixNano())
+	if p.catchUp.stale(now, pts) {
+		return nil
+	}
+	p.clock.observe(now, pts)
+	out := make([][]byte, 0, len(tu))
+	for _, obu := range tu {
+		// The AV1 RTP payload format leaves temporal delimiters out.
+		if len(obu) > 0 && av1.OBUType((obu[0]>>3)&0x0f) != av1.OBUTypeTemporalDelimiter {
+			out = append(out, obu)
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	pkts, err := p.av1.Encode(out)
+	if err != nil {
+		return fmt.Errorf("ingest: packetize AV1: %w", err)
+	}
+	if len(pkts) > 0 && len(pkts[0].Payload) > 0 && av1.IsRandomAccess2(out) {
+		pkts[0].Payload[0] |= 0x08 // N: a new coded video sequence starts here
+	}
+	p.writeVideo(now, pts, pkts)
 	return nil
 }
 

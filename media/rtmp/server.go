@@ -225,16 +225,17 @@ func (s *Server) serve(c net.Conn, log *slog.Logger, scOut **gortmplib.ServerCon
 	usable := 0
 	for _, tr := range r.Tracks() {
 		switch tr.Codec.(type) {
-		case *codecs.H264, *codecs.MPEG4Audio, *codecs.Opus:
+		case *codecs.H264, *codecs.AV1, *codecs.MPEG4Audio, *codecs.Opus:
 			usable++
 		default:
 			// Every track needs a callback, or the reader has none to call.
+			// HEVC among them: Vitrine's viewers do not negotiate it.
 			log.Warn("rtmp: track dropped: no viewer can play its codec", "codec", fmt.Sprintf("%T", tr.Codec))
 			ignore(r, tr)
 		}
 	}
 	if usable == 0 {
-		return fail("unsupported_codec", "rtmp: no track in a codec Vitrine forwards (H.264 video, AAC or Opus audio)")
+		return fail("unsupported_codec", "rtmp: no track in a codec Vitrine forwards (H.264 or AV1 video, AAC or Opus audio)")
 	}
 
 	var drop sync.Once
@@ -258,6 +259,13 @@ func (s *Server) serve(c net.Conn, log *slog.Logger, scOut **gortmplib.ServerCon
 			}
 			r.OnDataH264(tr, func(pts, _ time.Duration, au [][]byte) {
 				_ = pub.WriteH264(pts, au)
+			})
+		case *codecs.AV1:
+			if err := pub.StartAV1(); err != nil {
+				return fail("accepted", "rtmp: %w", err)
+			}
+			r.OnDataAV1(tr, func(pts time.Duration, tu [][]byte) {
+				_ = pub.WriteAV1(pts, tu)
 			})
 		case *codecs.MPEG4Audio:
 			if err := pub.StartAAC(codec.Config); err != nil {
