@@ -835,3 +835,13 @@ func TestRTMPEnhancedAV1(t *testing.T) {
 		t.Errorf("first AV1 packet %x does not start a coded video sequence", first[0])
 	}
 }
+
+// TestRTMPBFrames: B-frames (out of scope until issue 9) do not break
+// anything: the stream goes on and viewers get video.
+func TestRTMPBFrames(t *testing.T) {
+	a, base := rtmpApp(t, false, nil)
+	v := record(t, base, "demo")
+	// Later -c:v options win: a preset that makes B-frames.
+	ffmpegPush(t, "flv", "rtmp://"+a.proto.rtmp.Addr().String()+"/live/"+a.demo.Key, "-preset", "veryfast", "-tune", "film", "-bf", "2")
+	eventually(t, "viewer gets video with B-frames", 15*time.Second, func() bool { return v.count("video") > 60 && v.lastState() == "live" })
+}
