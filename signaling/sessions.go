@@ -73,6 +73,11 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 	var mu sync.Mutex
 	var cancels []func()
 	closed := false
+	// A page sends a buy or a confirm per press: a burst of 10 and 5 per
+	// second is far above a person and keeps a script from hammering the
+	// store through one session. (pion delivers one session's messages in
+	// order on one goroutine, so the bucket needs no lock.)
+	limit := &tokenBucket{rate: 5, burst: 10}
 	hooks := media.ViewerHooks{
 		// On its data channel the player gets the overlay snapshot first
 		// (card, sale, stock), then who it is (a token to keep for next
@@ -97,7 +102,14 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 			cancels = append(cancels, c1, c2)
 		},
 		Message: func(v *media.Viewer, msg []byte) {
-			reply, _ := json.Marshal(s.onViewerMessage(sh, viewer, msg))
+			var r viewerReply
+			if limit.allow(time.Now()) {
+				r = s.onViewerMessage(sh, viewer, msg)
+			} else {
+				s.metrics.badMessages.Inc()
+				r = viewerReply{V: 1, Type: "error", Code: "rate_limited", Message: "too many messages; slow down"}
+			}
+			reply, _ := json.Marshal(r)
 			_ = v.Send(reply)
 		},
 		Closed: func(*media.Viewer) {
@@ -313,3 +325,24 @@ func etagOf(pc *webrtc.PeerConnection) string {
 }
 
 func newSessionID() string { return media.NewID() }
+
+// tokenBucket allows burst events at once and rate per second after that.
+type tokenBucket struct {
+	rate, burst float64
+	tokens      float64
+	last        time.Time
+}
+
+func (b *tokenBucket) allow(now time.Time) bool {
+	if b.last.IsZero() {
+		b.tokens = b.burst
+	} else {
+		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}

@@ -302,6 +302,7 @@ func (a *app) Close() error {
 	a.stop()
 	a.workers.Wait()
 	a.closeProtocols()
+	a.edge.Shows(func(sh *overlay.Show) { sh.Close() })
 	a.streams.Close()
 	return errors.Join(err, a.rtc.Close(), a.store.Close())
 }
