@@ -271,6 +271,16 @@ func TestOverlayOnTheFrame(t *testing.T) {
 		t.Errorf("stored order: %+v %v", stored, err)
 	}
 
+	// A script hammering one session is slowed down; its channel stays up.
+	spammer := shop(t, api, base, "demo", "spammer")
+	for range 30 {
+		spammer.dc.SendText(`{"type":"confirm","order_id":"nope"}`)
+	}
+	spammer.find(t, "error", func(m map[string]any) bool { return m["code"] == "rate_limited" })
+	if spammer.sess.PC.ConnectionState() != webrtc.PeerConnectionStateConnected {
+		t.Error("rate-limited viewer was disconnected")
+	}
+
 	// A viewer may not send creator cues: without the key they are refused.
 	if code, _, _ := postJSON(t, cues, "", map[string]any{"type": "card.hide"}); code != 401 {
 		t.Errorf("cue without key: %d", code)
