@@ -165,6 +165,13 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	if *udpPort >= 0 {
 		c.WebRTC.UDPPort = *udpPort
 	}
+	// "off" turns a listener off from a flag or the environment.
+	if c.RTMP.Address == "off" {
+		c.RTMP.Address = ""
+	}
+	if c.RTSP.Address == "off" {
+		c.RTSP.Address = ""
+	}
 	if c.WebRTC.UDPPort < 0 || c.WebRTC.UDPPort > 65535 {
 		return c, fmt.Errorf("udp port %d out of range", c.WebRTC.UDPPort)
 	}

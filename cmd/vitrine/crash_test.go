@@ -67,7 +67,7 @@ func TestKillDuringFlashSale(t *testing.T) {
 		}
 		addr := l.Addr().String()
 		l.Close()
-		cmd := exec.Command(bin, "-data", data, "-http", addr, "-udp-port", "0")
+		cmd := exec.Command(bin, "-data", data, "-http", addr, "-udp-port", "0", "-rtmp", "off", "-rtsp", "off")
 		cmd.Env = append(os.Environ(), "VITRINE_ADMIN_TOKEN="+admin, "VITRINE_DEMO_KEY="+key,
 			"VITRINE_WEBHOOK_URL="+merchant.URL, "VITRINE_WEBHOOK_SECRET="+secret, "VITRINE_LOG_LEVEL=warn")
 		cmd.Stderr = testLog{t}
