@@ -18,6 +18,7 @@ import (
 	"github.com/bluenviron/gortmplib"
 	"github.com/bluenviron/gortmplib/pkg/codecs"
 	"github.com/bluenviron/gortmplib/pkg/message"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vitrine-live/vitrine/media"
 	"github.com/vitrine-live/vitrine/media/ingest"
 )
@@ -142,9 +143,10 @@ func (s *Server) handle(c net.Conn) {
 	log := s.cfg.Log.With("protocol", "rtmp", "remote", c.RemoteAddr().String())
 	m := s.cfg.Metrics
 	var sc *gortmplib.ServerConn
+	bytes := &byteCounter{c: m.Bytes.WithLabelValues("rtmp")}
 	defer func() {
 		if sc != nil {
-			m.Bytes.WithLabelValues("rtmp").Add(float64(sc.BytesReceived()))
+			bytes.update(sc.BytesReceived())
 		}
 	}()
 	err := func() (err error) {
@@ -155,7 +157,7 @@ func (s *Server) handle(c net.Conn) {
 				err = fail("bad_input", "rtmp: parser failed: %v", r)
 			}
 		}()
-		return s.serve(c, log, &sc)
+		return s.serve(c, log, &sc, bytes)
 	}()
 	var ce *connError
 	switch {
@@ -174,7 +176,7 @@ func (s *Server) handle(c net.Conn) {
 	}
 }
 
-func (s *Server) serve(c net.Conn, log *slog.Logger, scOut **gortmplib.ServerConn) error {
+func (s *Server) serve(c net.Conn, log *slog.Logger, scOut **gortmplib.ServerConn, bytes *byteCounter) error {
 	_ = c.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	sc := &gortmplib.ServerConn{RW: c}
 	*scOut = sc
@@ -280,14 +282,33 @@ func (s *Server) serve(c net.Conn, log *slog.Logger, scOut **gortmplib.ServerCon
 		}
 	}
 	log.Info("rtmp creator live", "tracks", len(r.Tracks()))
+	lastCount := time.Now()
 	for {
 		_ = c.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
+		if now := time.Now(); now.Sub(lastCount) > time.Second {
+			lastCount = now
+			bytes.update(sc.BytesReceived())
+		}
 		if err := r.Read(); err != nil {
 			if spy.ended {
 				return fail("accepted", "the creator ended the stream")
 			}
 			return fail("accepted", "%w", err)
 		}
+	}
+}
+
+// byteCounter adds a connection's received bytes to the counter as they
+// grow, so dashboards see a live creator's bitrate.
+type byteCounter struct {
+	c    prometheus.Counter
+	seen uint64
+}
+
+func (b *byteCounter) update(total uint64) {
+	if total > b.seen {
+		b.c.Add(float64(total - b.seen))
+		b.seen = total
 	}
 }
 
