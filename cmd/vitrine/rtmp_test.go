@@ -845,3 +845,28 @@ func TestRTMPBFrames(t *testing.T) {
 	ffmpegPush(t, "flv", "rtmp://"+a.proto.rtmp.Addr().String()+"/live/"+a.demo.Key, "-preset", "veryfast", "-tune", "film", "-bf", "2")
 	eventually(t, "viewer gets video with B-frames", 15*time.Second, func() bool { return v.count("video") > 60 && v.lastState() == "live" })
 }
+
+// TestRTMPCueTiming: a cue on an RTMP stream is stamped with the newest
+// ingested frame, on the clock viewers receive: a timestamp the viewer has
+// just been sent (or is about to be).
+func TestRTMPCueTiming(t *testing.T) {
+	a, base := rtmpApp(t, false, nil)
+	v := record(t, base, "demo")
+	ffmpegPush(t, "flv", "rtmp://"+a.proto.rtmp.Addr().String()+"/live/"+a.demo.Key)
+	eventually(t, "viewer plays", 15*time.Second, func() bool { return v.count("video") > 60 })
+	code, m, _ := postJSON(t, base+"/api/v1/streams/demo/cues", a.demo.Key, map[string]any{"type": "custom", "data": map[string]any{"n": 1}})
+	if code != 201 || m["at_source"] != "frame" {
+		t.Fatalf("cue: %d %v", code, m)
+	}
+	at := uint32(m["at"].(float64))
+	eventually(t, "the cue's frame reaches the viewer", 3*time.Second, func() bool {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		for _, p := range v.pkts["video"] {
+			if p.Timestamp == at {
+				return true
+			}
+		}
+		return false
+	})
+}
