@@ -1,6 +1,6 @@
 // Command vitrine is the one Vitrine binary: `vitrine` (or `vitrine serve`)
-// runs the server on embedded defaults or a config file; `vitrine version`
-// prints the build.
+// runs the server on embedded defaults or a config file; `vitrine load`
+// load-tests a running server; `vitrine version` prints the build.
 package main
 
 import (
@@ -48,8 +48,10 @@ func main() {
 		err = serve(args)
 	case "version":
 		fmt.Println("vitrine", version, commit())
+	case "load":
+		err = load(args, os.Stdout, os.Stderr)
 	default:
-		fmt.Fprintf(os.Stderr, "vitrine: unknown command %q (commands: serve, version)\n", cmd)
+		fmt.Fprintf(os.Stderr, "vitrine: unknown command %q (commands: serve, load, version)\n", cmd)
 		os.Exit(2)
 	}
 	if errors.Is(err, flag.ErrHelp) {

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/vitrine-live/vitrine/signaling/client/loadtest"
+)
+
+// load is `vitrine load`: a load test against any Vitrine (see
+// signaling/client/loadtest). Progress goes to stderr, the report to stdout.
+func load(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("vitrine load", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	server := fs.String("server", "http://localhost:8080", "the Vitrine to load (its HTTP base URL)")
+	stream := fs.String("stream", "demo", "stream to watch (and publish to with -key)")
+	key := fs.String("key", "", "stream key or admin token: publish the clip and post a cue each second (without it, only watch)")
+	clipFile := fs.String("clip", "", "H.264 Annex-B file to publish instead of the embedded clip (one slice per frame, no B-frames)")
+	clipAudio := fs.String("clip-audio", "", "Ogg Opus file to publish with -clip")
+	fps := fs.Int("fps", 30, "frame rate of -clip")
+	viewers := fs.Int("viewers", 20, "WHEP viewers to join")
+	rate := fs.Float64("rate", 10, "viewers joining per second (0: all at once)")
+	duration := fs.Duration("duration", 30*time.Second, "measured window, after the last viewer joined")
+	interval := fs.Duration("interval", time.Second, "progress line interval")
+	metrics := fs.String("metrics", "", "the server's metrics URL (default: -server + /metrics)")
+	metricsToken := fs.String("metrics-token", "", "bearer token for the metrics URL (metrics.token)")
+	loopback := fs.Bool("loopback", false, "ICE on 127.0.0.1 only (server on this machine)")
+	asJSON := fs.Bool("json", false, "write the report as JSON")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: vitrine load [flags]\n\nPublishes a clip over WHIP (with -key) and joins WHEP viewers, then reports delivery, loss, join times, latency and CPU per packet.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("load: unexpected argument %q", fs.Arg(0))
+	}
+	cfg := loadtest.Config{
+		Server: *server, Stream: *stream, Key: *key, Viewers: *viewers, Rate: *rate,
+		Duration: *duration, Interval: *interval, MetricsURL: *metrics, MetricsToken: *metricsToken,
+		Loopback: *loopback,
+		Progress: func(p loadtest.Progress) { printProgress(stderr, p) },
+	}
+	if *clipFile != "" {
+		c, err := readClip(*clipFile, *clipAudio, *fps)
+		if err != nil {
+			return err
+		}
+		cfg.Clip = c
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := loadtest.Run(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	return rep.WriteTable(stdout)
+}
+
+func readClip(video, audio string, fps int) (*loadtest.Clip, error) {
+	v, err := os.Open(video)
+	if err != nil {
+		return nil, err
+	}
+	defer v.Close()
+	var a io.Reader
+	if audio != "" {
+		f, err := os.Open(audio)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		a = f
+	}
+	return loadtest.LoadClip(v, a, fps)
+}
+
+func printProgress(w io.Writer, p loadtest.Progress) {
+	fmt.Fprintf(w, "%6.1fs %-9s viewers %d joined %d connected %d with media %d failed  %8.0f pkt/s",
+		p.Elapsed.Seconds(), p.Phase, p.Joined, p.Connected, p.WithMedia, p.Failed, p.Rate)
+	fmt.Fprintf(w, "  loss %.2f%%", 100*p.Loss)
+	if p.Sent > 0 {
+		fmt.Fprintf(w, "  sent %d", p.Sent)
+	}
+	fmt.Fprintln(w)
+}

@@ -1,0 +1,158 @@
+package loadtest
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/pion/rtp/codecs"
+	"github.com/pion/webrtc/v4/pkg/media/h264reader"
+	"github.com/pion/webrtc/v4/pkg/media/oggreader"
+)
+
+// The embedded clip: 4 s of 1280x720 at 30 fps, H.264 constrained baseline
+// at ~1.5 Mbit/s, no B-frames, an IDR every 2 s (frame 0 and 60), SPS/PPS
+// before every IDR; 4 s of a 440 Hz sine as Opus, 48 kHz, 20 ms packets.
+// Made once with Debian's ffmpeg (regenerate from this directory):
+//
+//	ffmpeg -y -f lavfi -t 4 -i testsrc2=size=1280x720:rate=30 \
+//	  -f lavfi -t 4 -i sine=frequency=440:sample_rate=48000 \
+//	  -map 0:v -c:v libx264 -profile:v baseline -bf 0 -g 60 -keyint_min 60 -sc_threshold 0 \
+//	  -pix_fmt yuv420p -b:v 1500k -maxrate 1500k -bufsize 750k -x264-params repeat-headers=1 \
+//	  -f h264 clip/clip.h264 \
+//	  -map 1:a -c:a libopus -b:a 64k -frame_duration 20 -page_duration 20000 -f ogg clip/clip.ogg
+var (
+	//go:embed clip/clip.h264
+	embeddedH264 []byte
+	//go:embed clip/clip.ogg
+	embeddedOgg []byte
+)
+
+// rtpMTU is the payload size the clip is cut to, as browsers do.
+const rtpMTU = 1200
+
+// Clip is media cut into RTP payloads, ready to be sent in a loop: video
+// frame by frame at FPS, audio in 20 ms Opus packets.
+type Clip struct {
+	FPS    int
+	Frames []Frame  // video access units in decoding order
+	Audio  [][]byte // one Opus packet (20 ms) each
+}
+
+// Frame is one video access unit: its RTP payloads, and whether a decoder
+// can start on it.
+type Frame struct {
+	Payloads [][]byte
+	Key      bool
+}
+
+// EmbeddedClip is the clip built into the binary.
+func EmbeddedClip() (*Clip, error) {
+	return LoadClip(bytes.NewReader(embeddedH264), bytes.NewReader(embeddedOgg), 30)
+}
+
+// LoadClip reads H.264 Annex-B video (packetization mode 1, as WebRTC sends
+// it) and, when ogg is not nil, Ogg Opus audio. A frame ends at each coded
+// slice, so the stream must have one slice per frame and no B-frames.
+func LoadClip(h264 io.Reader, ogg io.Reader, fps int) (*Clip, error) {
+	if fps <= 0 || fps > 240 {
+		return nil, fmt.Errorf("clip: frame rate %d out of range", fps)
+	}
+	c := &Clip{FPS: fps}
+	r, err := h264reader.NewReader(h264)
+	if err != nil {
+		return nil, fmt.Errorf("clip: h264: %w", err)
+	}
+	var pay codecs.H264Payloader
+	var frame Frame
+	for {
+		nal, err := r.NextNAL()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("clip: h264: %w", err)
+		}
+		for _, p := range pay.Payload(rtpMTU, nal.Data) {
+			// The payloader may reuse its buffers; the clip keeps its own copy.
+			frame.Payloads = append(frame.Payloads, bytes.Clone(p))
+		}
+		switch nal.UnitType {
+		case h264reader.NalUnitTypeCodedSliceIdr:
+			frame.Key = true
+			fallthrough
+		case h264reader.NalUnitTypeCodedSliceNonIdr:
+			c.Frames = append(c.Frames, frame)
+			frame = Frame{}
+		}
+	}
+	if len(c.Frames) == 0 {
+		return nil, errors.New("clip: no H.264 frames (is it Annex-B?)")
+	}
+	if ogg == nil {
+		return c, nil
+	}
+	or, _, err := oggreader.NewWith(ogg)
+	if err != nil {
+		return nil, fmt.Errorf("clip: ogg: %w", err)
+	}
+	for {
+		page, _, err := or.ParseNextPage()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("clip: ogg: %w", err)
+		}
+		if len(page) == 0 || bytes.HasPrefix(page, []byte("OpusHead")) || bytes.HasPrefix(page, []byte("OpusTags")) {
+			continue
+		}
+		c.Audio = append(c.Audio, bytes.Clone(page))
+	}
+	return c, nil
+}
+
+// isKeyframe says whether an H.264 RTP payload starts a keyframe: an IDR
+// slice or SPS, alone, first in a STAP-A, or at the start of a FU-A.
+func isKeyframe(p []byte) bool {
+	if len(p) < 2 {
+		return false
+	}
+	switch p[0] & 0x1f {
+	case 5, 7:
+		return true
+	case 24: // STAP-A: 2-byte size, then the first NAL's header
+		return len(p) > 3 && (p[3]&0x1f == 7 || p[3]&0x1f == 5)
+	case 28: // FU-A: start bit and type in the FU header
+		return p[1]&0x80 != 0 && p[1]&0x1f == 5
+	}
+	return false
+}
+
+// rtpPayload returns the payload of a raw RTP packet, or nil when the header
+// does not parse. Cheaper than rtp.Packet.Unmarshal: no allocation, no copy.
+func rtpPayload(b []byte) (payload []byte, seq uint16) {
+	if len(b) < 12 || b[0]>>6 != 2 {
+		return nil, 0
+	}
+	n := 12 + 4*int(b[0]&0x0f)
+	if b[0]&0x10 != 0 { // extension
+		if len(b) < n+4 {
+			return nil, 0
+		}
+		n += 4 + 4*(int(b[n+2])<<8|int(b[n+3]))
+	}
+	end := len(b)
+	if b[0]&0x20 != 0 { // padding
+		if end == 0 || int(b[end-1]) > end-n {
+			return nil, 0
+		}
+		end -= int(b[end-1])
+	}
+	if n > end {
+		return nil, 0
+	}
+	return b[n:end], uint16(b[2])<<8 | uint16(b[3])
+}

@@ -1,0 +1,578 @@
+// Package loadtest is the engine of `vitrine load`: it publishes a clip to
+// a Vitrine stream over WHIP (or leaves publishing to someone else), joins N
+// WHEP viewers with the overlay data channel at a given rate, and measures
+// delivery, loss, join times, forwarding latency, cue lag and the CPU each
+// side spends per packet. Viewers are built to cost less than the server
+// spends on them, so one machine can load another.
+package loadtest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/ice/v4"
+	"github.com/pion/interceptor"
+	"github.com/pion/rtcp"
+	"github.com/pion/rtp"
+	"github.com/pion/webrtc/v4"
+	"github.com/vitrine-live/vitrine/signaling/client"
+)
+
+// Config says what to load and how.
+type Config struct {
+	Server string // base URL, e.g. http://10.0.0.5:8080
+	Stream string
+	// Key is the stream key (or admin token). When set the tool publishes
+	// Clip itself and posts a timestamped custom cue every second; without
+	// it, it only watches what someone else publishes.
+	Key      string
+	Clip     *Clip // nil: the embedded clip
+	Viewers  int
+	Rate     float64       // joins per second; <= 0: all at once
+	Duration time.Duration // the measured window, after the last join
+	// Interval between Progress calls; 0 means a second.
+	Interval time.Duration
+	Progress func(Progress)
+	// MetricsURL is the server's /metrics (default Server + "/metrics"),
+	// MetricsToken its bearer token when metrics.token is set.
+	MetricsURL   string
+	MetricsToken string
+	// Loopback keeps ICE on 127.0.0.1 (tests on one machine).
+	Loopback bool
+	// JoinTimeout bounds one viewer's offer/answer and ICE (default 15 s).
+	JoinTimeout time.Duration
+}
+
+// Progress is a live view of a run.
+type Progress struct {
+	Elapsed   time.Duration
+	Phase     string // "joining", "measuring", "draining"
+	Joined    int    // offers answered
+	Failed    int
+	Connected int // peer connections connected now
+	WithMedia int
+	Rate      float64 // packets/s received by all viewers over the last interval
+	Loss      float64 // 1 - delivered/expected so far (publishing only)
+	Sent      uint64  // packets the publisher sent so far
+}
+
+const (
+	kindVideo = 0
+	kindAudio = 1
+	// ringSize send times are kept per kind: far more than can be in flight.
+	ringSize = 1 << 14
+)
+
+// payloadIndex maps the hash of each payload in the clip to its class (one
+// per distinct payload). Built before the run and never written again, so
+// viewers read it without locks.
+type payloadIndex struct {
+	seed    maphash.Seed
+	classes map[uint64]int32
+}
+
+func (p *payloadIndex) add(payload []byte) int32 {
+	h := maphash.Bytes(p.seed, payload)
+	if c, ok := p.classes[h]; ok {
+		return c
+	}
+	c := int32(len(p.classes))
+	p.classes[h] = c
+	return c
+}
+
+// sendLog is the publisher's record: per kind the number of packets sent and
+// when each recent one was written; per payload class the ordinal of its
+// latest send. Written by the two send loops, read by every viewer.
+type sendLog struct {
+	sent  [2]atomic.Uint64
+	times [2][ringSize]atomic.Int64 // ns since run start, by ordinal % ringSize
+	last  []atomic.Uint64           // class -> ordinal of its latest send
+}
+
+// record notes a packet about to be written and returns its ordinal.
+func (l *sendLog) record(kind int, class int32, now int64) {
+	o := l.sent[kind].Add(1)
+	l.times[kind][o%ringSize].Store(now)
+	l.last[class].Store(o)
+}
+
+type run struct {
+	cfg   Config
+	start time.Time
+	clip  *Clip
+	index *payloadIndex // nil when watching only
+	log   *sendLog
+	video [][]int32 // class of each payload, per frame
+	audio []int32
+
+	viewAPI   *webrtc.API
+	viewersMu sync.Mutex
+	viewers   []*viewer
+
+	keyRequests atomic.Uint64
+	pli         chan struct{}
+
+	cueMu   sync.Mutex
+	cueSent []int64 // ns since start, by cue number
+	lagMu   sync.Mutex
+	lags    []float64
+}
+
+func (r *run) now() int64 { return int64(time.Since(r.start)) }
+
+// Run runs a load test and reports on it. It returns an error only when the
+// run could not start (bad config, publisher refused); viewers that fail
+// are counted in the report.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if cfg.Server == "" || cfg.Stream == "" {
+		return nil, errors.New("load: server and stream are required")
+	}
+	if cfg.Viewers < 0 {
+		return nil, errors.New("load: negative viewer count")
+	}
+	base, err := url.Parse(strings.TrimRight(cfg.Server, "/"))
+	if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
+		return nil, fmt.Errorf("load: server %q is not an http(s) URL", cfg.Server)
+	}
+	cfg.Server = base.String()
+	if cfg.MetricsURL == "" {
+		cfg.MetricsURL = cfg.Server + "/metrics"
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = time.Second
+	}
+	if cfg.JoinTimeout <= 0 {
+		cfg.JoinTimeout = 15 * time.Second
+	}
+	r := &run{cfg: cfg, start: time.Now(), clip: cfg.Clip, pli: make(chan struct{}, 1)}
+	if r.viewAPI, err = viewerAPI(cfg.Loopback); err != nil {
+		return nil, err
+	}
+
+	var pub *client.Session
+	pubCtx, stopPub := context.WithCancel(ctx)
+	defer stopPub()
+	var pubDone sync.WaitGroup
+	if cfg.Key != "" {
+		if r.clip == nil {
+			if r.clip, err = EmbeddedClip(); err != nil {
+				return nil, err
+			}
+		}
+		r.indexClip()
+		video, audio, err := r.tracks()
+		if err != nil {
+			return nil, err
+		}
+		api, err := publisherAPI(cfg.Loopback, r.pli, &r.keyRequests)
+		if err != nil {
+			return nil, err
+		}
+		jctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
+		pub, err = client.Publish(jctx, api, cfg.Server+"/whip/"+url.PathEscape(cfg.Stream), cfg.Key, video, audio)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("load: publish: %w", err)
+		}
+		if err := pub.WaitConnected(cfg.JoinTimeout); err != nil {
+			pub.Delete(context.Background())
+			return nil, fmt.Errorf("load: publish: %w", err)
+		}
+		pubDone.Go(func() { r.sendVideo(pubCtx, video) })
+		if len(r.clip.Audio) > 0 {
+			pubDone.Go(func() { r.sendAudio(pubCtx, audio) })
+		}
+		pubDone.Go(func() { r.postCues(pubCtx) })
+	}
+
+	// Progress runs from the first join to the end.
+	var phase atomic.Value
+	phase.Store("joining")
+	progCtx, stopProgress := context.WithCancel(context.Background())
+	var progDone sync.WaitGroup
+	progDone.Go(func() { r.reportProgress(progCtx, &phase) })
+
+	r.join(ctx)
+
+	// The measured window: steady state, every viewer joined.
+	phase.Store("measuring")
+	before, scrapeErr := scrape(ctx, cfg.MetricsURL, cfg.MetricsToken)
+	cpuBefore, recvBefore, windowStart := processCPU(), r.received(), time.Now()
+	select {
+	case <-ctx.Done():
+	case <-time.After(cfg.Duration):
+	}
+	after, err := scrape(context.WithoutCancel(ctx), cfg.MetricsURL, cfg.MetricsToken)
+	scrapeErr = errors.Join(scrapeErr, err)
+	cpuAfter, recvAfter, window := processCPU(), r.received(), time.Since(windowStart)
+
+	// Stop sending, let what is in flight arrive, then hang up.
+	phase.Store("draining")
+	stopPub()
+	pubDone.Wait()
+	time.Sleep(500 * time.Millisecond)
+	r.closeViewers()
+	stopProgress()
+	progDone.Wait()
+	if pub != nil {
+		dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		pub.Delete(dctx)
+		cancel()
+	}
+
+	rep := r.report()
+	rep.Window = window.Seconds()
+	rep.ToolCPU = cpuOf(cpuAfter-cpuBefore, recvAfter-recvBefore)
+	if scrapeErr != nil {
+		rep.ServerCPU.Error = "not measured: " + scrapeErr.Error()
+	} else {
+		rep.ServerCPU = cpuOf(time.Duration((after.cpu-before.cpu)*float64(time.Second)), uint64(max(0, after.egress-before.egress)))
+	}
+	return rep, nil
+}
+
+func cpuOf(d time.Duration, packets uint64) CPU {
+	c := CPU{Seconds: d.Seconds(), Packets: packets}
+	if packets > 0 {
+		c.PerPacket = float64(d.Microseconds()) / float64(packets)
+	}
+	return c
+}
+
+// settings are the ICE settings both sides share.
+func settings(loopback bool) webrtc.SettingEngine {
+	var s webrtc.SettingEngine
+	s.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	if loopback {
+		s.SetIncludeLoopbackCandidate(true)
+		s.SetIPFilter(func(ip net.IP) bool { return ip.IsLoopback() })
+		s.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
+	}
+	return s
+}
+
+// viewerAPI has the codecs and nothing else: no NACK, no reports, no TWCC.
+// A load viewer only counts what arrives; every interceptor would be work
+// per packet the server does not have, and lost packets are what it measures.
+func viewerAPI(loopback bool) (*webrtc.API, error) {
+	m := &webrtc.MediaEngine{}
+	if err := m.RegisterDefaultCodecs(); err != nil {
+		return nil, err
+	}
+	s := settings(loopback)
+	s.DisableMediaEngineCopy(true) // one engine for all viewers: they never renegotiate
+	return webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithSettingEngine(s),
+		webrtc.WithInterceptorRegistry(&interceptor.Registry{})), nil
+}
+
+// publisherAPI is a browser-like sender (NACK responder, reports, TWCC) that
+// also tells the send loop when the server asks for a keyframe.
+func publisherAPI(loopback bool, pli chan struct{}, count *atomic.Uint64) (*webrtc.API, error) {
+	m := &webrtc.MediaEngine{}
+	if err := m.RegisterDefaultCodecs(); err != nil {
+		return nil, err
+	}
+	reg := &interceptor.Registry{}
+	if err := webrtc.RegisterDefaultInterceptors(m, reg); err != nil {
+		return nil, err
+	}
+	reg.Add(&keyframeWatch{pli: pli, count: count})
+	s := settings(loopback)
+	return webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(reg), webrtc.WithSettingEngine(s)), nil
+}
+
+// keyframeWatch is an interceptor (and its own factory: the publisher has
+// one peer connection) that signals PLI and FIR from the server.
+type keyframeWatch struct {
+	interceptor.NoOp
+	pli   chan struct{}
+	count *atomic.Uint64
+}
+
+func (k *keyframeWatch) NewInterceptor(string) (interceptor.Interceptor, error) { return k, nil }
+
+func (k *keyframeWatch) BindRTCPReader(r interceptor.RTCPReader) interceptor.RTCPReader {
+	return interceptor.RTCPReaderFunc(func(b []byte, a interceptor.Attributes) (int, interceptor.Attributes, error) {
+		n, a, err := r.Read(b, a)
+		if err != nil {
+			return n, a, err
+		}
+		pkts, perr := rtcp.Unmarshal(b[:n])
+		if perr != nil {
+			return n, a, err
+		}
+		for _, p := range pkts {
+			switch p.(type) {
+			case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
+				k.count.Add(1)
+				select {
+				case k.pli <- struct{}{}:
+				default:
+				}
+			}
+		}
+		return n, a, err
+	})
+}
+
+// indexClip hashes every payload of the clip so viewers can tell what they
+// got and when it was sent.
+func (r *run) indexClip() {
+	r.index = &payloadIndex{seed: maphash.MakeSeed(), classes: map[uint64]int32{}}
+	for _, f := range r.clip.Frames {
+		cls := make([]int32, len(f.Payloads))
+		for i, p := range f.Payloads {
+			cls[i] = r.index.add(p)
+		}
+		r.video = append(r.video, cls)
+	}
+	for _, p := range r.clip.Audio {
+		r.audio = append(r.audio, r.index.add(p))
+	}
+	r.log = &sendLog{last: make([]atomic.Uint64, len(r.index.classes))}
+}
+
+func (r *run) tracks() (video, audio *webrtc.TrackLocalStaticRTP, err error) {
+	video, err = webrtc.NewTrackLocalStaticRTP(webrtc.RTPCodecCapability{
+		MimeType: webrtc.MimeTypeH264, ClockRate: 90000,
+		SDPFmtpLine: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"}, "video", "vitrine-load")
+	if err != nil {
+		return nil, nil, err
+	}
+	audio, err = webrtc.NewTrackLocalStaticRTP(webrtc.RTPCodecCapability{
+		MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2}, "audio", "vitrine-load")
+	return video, audio, err
+}
+
+// sendVideo plays the clip's frames in a loop at its frame rate, with
+// timestamps and sequence numbers that keep increasing. A keyframe request
+// skips ahead to the clip's next keyframe, as an encoder would make one.
+func (r *run) sendVideo(ctx context.Context, track *webrtc.TrackLocalStaticRTP) {
+	frames := r.clip.Frames
+	tick := time.NewTicker(time.Second / time.Duration(r.clip.FPS))
+	defer tick.Stop()
+	step := uint32(90000 / r.clip.FPS)
+	var ts uint32
+	var seq uint16
+	pkt := rtp.Packet{Header: rtp.Header{Version: 2}}
+	for i := 0; ; i = (i + 1) % len(frames) {
+		select {
+		case <-r.pli:
+			for j := 0; j < len(frames) && !frames[i].Key; j++ {
+				i = (i + 1) % len(frames)
+			}
+		default:
+		}
+		f := frames[i]
+		for j, p := range f.Payloads {
+			pkt.Timestamp, pkt.SequenceNumber, pkt.Marker, pkt.Payload = ts, seq, j == len(f.Payloads)-1, p
+			seq++
+			r.log.record(kindVideo, r.video[i][j], r.now())
+			_ = track.WriteRTP(&pkt)
+		}
+		ts += step
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (r *run) sendAudio(ctx context.Context, track *webrtc.TrackLocalStaticRTP) {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var ts uint32
+	var seq uint16
+	pkt := rtp.Packet{Header: rtp.Header{Version: 2}}
+	for i := 0; ; i = (i + 1) % len(r.clip.Audio) {
+		pkt.Timestamp, pkt.SequenceNumber, pkt.Payload = ts, seq, r.clip.Audio[i]
+		seq++
+		r.log.record(kindAudio, r.audio[i], r.now())
+		_ = track.WriteRTP(&pkt)
+		ts += 960
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// postCues posts a custom cue each second carrying its number, so viewers
+// can time its arrival against when it was posted.
+func (r *run) postCues(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	endpoint := r.cfg.Server + "/api/v1/streams/" + url.PathEscape(r.cfg.Stream) + "/cues"
+	for n := 0; ; n++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		body := fmt.Sprintf(`{"type":"custom","data":{"vitrine_load":%d}}`, n)
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(body))
+		if err != nil {
+			return
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+r.cfg.Key)
+		r.cueMu.Lock()
+		r.cueSent = append(r.cueSent, r.now())
+		r.cueMu.Unlock()
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			continue
+		}
+		res.Body.Close()
+	}
+}
+
+// cueLag times an overlay message if it is one of the tool's cues.
+func (r *run) cueLag(msg []byte, at int64) bool {
+	if !bytes.Contains(msg, []byte(`"vitrine_load"`)) {
+		return false
+	}
+	var m struct {
+		Type string `json:"type"`
+		Data struct {
+			N *int `json:"vitrine_load"`
+		} `json:"data"`
+	}
+	if json.Unmarshal(msg, &m) != nil || m.Type != "custom" || m.Data.N == nil {
+		return false
+	}
+	r.cueMu.Lock()
+	n := *m.Data.N
+	ok := n >= 0 && n < len(r.cueSent)
+	var sent int64
+	if ok {
+		sent = r.cueSent[n]
+	}
+	r.cueMu.Unlock()
+	if ok {
+		r.lagMu.Lock()
+		r.lags = append(r.lags, ms(time.Duration(at-sent)))
+		r.lagMu.Unlock()
+	}
+	return ok
+}
+
+// join starts the viewers at the configured rate and waits until each has
+// an answer or has failed.
+func (r *run) join(ctx context.Context) {
+	var every time.Duration
+	if r.cfg.Rate > 0 {
+		every = time.Duration(float64(time.Second) / r.cfg.Rate)
+	}
+	endpoint := r.cfg.Server + "/whep/" + url.PathEscape(r.cfg.Stream)
+	var wg sync.WaitGroup
+	next := time.Now()
+	for i := range r.cfg.Viewers {
+		if d := time.Until(next); d > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(d):
+			}
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		next = next.Add(every)
+		v := &viewer{id: i, run: r}
+		r.viewersMu.Lock()
+		r.viewers = append(r.viewers, v)
+		r.viewersMu.Unlock()
+		wg.Go(func() { v.join(ctx, endpoint) })
+	}
+	wg.Wait()
+}
+
+func (r *run) received() uint64 {
+	var n uint64
+	for _, v := range r.viewers {
+		n += v.kinds[kindVideo].received.Load() + v.kinds[kindAudio].received.Load()
+	}
+	return n
+}
+
+func (r *run) reportProgress(ctx context.Context, phase *atomic.Value) {
+	if r.cfg.Progress == nil {
+		return
+	}
+	tick := time.NewTicker(r.cfg.Interval)
+	defer tick.Stop()
+	last, lastAt := uint64(0), time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		p := Progress{Elapsed: time.Since(r.start), Phase: phase.Load().(string)}
+		var recv, expected uint64
+		for _, v := range r.viewersSoFar() {
+			switch v.state.Load() {
+			case joinOK:
+				p.Joined++
+			case joinFailed:
+				p.Failed++
+			}
+			if v.connected.Load() {
+				p.Connected++
+			}
+			if v.firstPacket.Load() != 0 {
+				p.WithMedia++
+			}
+			// Sequence spans, not the publisher's count: packets in
+			// flight are not lost yet.
+			for k := range v.kinds {
+				recv += v.kinds[k].received.Load()
+				expected += v.kinds[k].seqSpan.Load()
+			}
+		}
+		if r.log != nil {
+			p.Sent = r.log.sent[kindVideo].Load() + r.log.sent[kindAudio].Load()
+		}
+		if expected > 0 {
+			p.Loss = max(0, 1-float64(recv)/float64(expected))
+		}
+		now := time.Now()
+		p.Rate = float64(recv-last) / now.Sub(lastAt).Seconds()
+		last, lastAt = recv, now
+		r.cfg.Progress(p)
+	}
+}
+
+// viewersSoFar is the viewers started so far; join appends concurrently.
+func (r *run) viewersSoFar() []*viewer {
+	r.viewersMu.Lock()
+	defer r.viewersMu.Unlock()
+	return r.viewers
+}
+
+func (r *run) closeViewers() {
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for _, v := range r.viewers {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			v.close()
+		})
+	}
+	wg.Wait()
+}

@@ -1,0 +1,270 @@
+package loadtest
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"math/bits"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Report is what a load run measured. Times are in milliseconds, CPU in
+// microseconds per packet, ratios in 0..1.
+type Report struct {
+	Server    string   `json:"server"`
+	Stream    string   `json:"stream"`
+	Publish   bool     `json:"publish"`  // the tool published the stream itself
+	Window    float64  `json:"window_s"` // the measured steady window, after every join
+	Requested int      `json:"viewers_requested"`
+	Joined    int      `json:"viewers_joined"`
+	Failed    int      `json:"viewers_failed"`
+	Errors    []string `json:"errors,omitempty"` // the first few join errors
+	WithMedia int      `json:"viewers_with_media"`
+	Channels  int      `json:"viewers_with_channel"` // data channel opened
+
+	Sent      Packets `json:"packets_sent"`      // by the tool's publisher
+	Delivered Packets `json:"packets_delivered"` // sum over viewers
+	Expected  Packets `json:"packets_expected"`  // sum over viewers
+	Foreign   uint64  `json:"payloads_foreign"`  // payloads the publisher never sent
+
+	Loss        Spread `json:"loss_per_viewer"`
+	BelowTarget int    `json:"viewers_below_99"` // viewers with delivery under 99%
+
+	JoinFirstPacket   Spread `json:"join_to_first_packet_ms"`
+	JoinFirstKeyframe Spread `json:"join_to_first_keyframe_ms"`
+	Latency           Spread `json:"forwarding_latency_ms"` // publisher write to viewer read, all packets
+	KeyframeRequests  uint64 `json:"keyframe_requests"`     // PLI/FIR the publisher got
+
+	Overlay Overlay `json:"overlay"`
+
+	ServerCPU CPU `json:"server_cpu"`
+	ToolCPU   CPU `json:"tool_cpu"`
+
+	Viewers []ViewerReport `json:"per_viewer"`
+}
+
+// Packets counts RTP packets by kind.
+type Packets struct {
+	Video uint64 `json:"video"`
+	Audio uint64 `json:"audio"`
+}
+
+// Total is video plus audio.
+func (p Packets) Total() uint64 { return p.Video + p.Audio }
+
+// Spread summarizes a distribution; fields that do not apply stay 0.
+type Spread struct {
+	N   int     `json:"n"`
+	P50 float64 `json:"p50"`
+	P95 float64 `json:"p95"`
+	P99 float64 `json:"p99"`
+	Max float64 `json:"max"`
+}
+
+// Overlay is what the data channels carried: cues the tool posted (one a
+// second, when it has the stream key) and their lag to each viewer.
+type Overlay struct {
+	CuesPosted int    `json:"cues_posted"`
+	Messages   uint64 `json:"messages_received"` // all overlay messages, snapshot included
+	Lag        Spread `json:"cue_lag_ms"`        // cue POSTed to a viewer's OnMessage
+	Error      string `json:"error,omitempty"`
+}
+
+// CPU is CPU time spent over the measured window per packet: delivered
+// packets for the server (vitrine_egress_packets_total), received packets
+// for the tool.
+type CPU struct {
+	Seconds   float64 `json:"seconds"`
+	Packets   uint64  `json:"packets"`
+	PerPacket float64 `json:"us_per_packet"`
+	Error     string  `json:"error,omitempty"`
+}
+
+// ViewerReport is one viewer's result.
+type ViewerReport struct {
+	ID       int     `json:"id"`
+	Error    string  `json:"error,omitempty"`
+	Received Packets `json:"received"`
+	Expected Packets `json:"expected"`
+	Loss     float64 `json:"loss"`
+	Foreign  uint64  `json:"foreign"`
+	FirstMS  float64 `json:"join_to_first_packet_ms"`   // -1: none
+	KeyMS    float64 `json:"join_to_first_keyframe_ms"` // -1: none
+	Channel  bool    `json:"channel"`
+	Overlay  uint64  `json:"overlay_messages"`
+}
+
+// Delivery is received/expected over both kinds: 0 when nothing arrived.
+func (v ViewerReport) Delivery() float64 {
+	if v.Received.Total() == 0 {
+		return 0
+	}
+	if v.Expected.Total() == 0 {
+		return 1
+	}
+	return math.Min(1, float64(v.Received.Total())/float64(v.Expected.Total()))
+}
+
+// spreadOf sorts xs and summarizes it.
+func spreadOf(xs []float64) Spread {
+	if len(xs) == 0 {
+		return Spread{}
+	}
+	slices.Sort(xs)
+	q := func(p float64) float64 {
+		i := int(math.Ceil(p*float64(len(xs)))) - 1
+		return xs[max(0, min(i, len(xs)-1))]
+	}
+	return Spread{N: len(xs), P50: q(0.5), P95: q(0.95), P99: q(0.99), Max: xs[len(xs)-1]}
+}
+
+// histogram counts durations in log-linear buckets (16 per power of two,
+// within 6.25%), so that recording a packet's latency is an index and an
+// increment. Not safe for concurrent use: each reader goroutine has its own.
+type histogram struct {
+	counts [histBuckets]uint32
+	max    int64
+}
+
+const histBuckets = 42 * 16 // up to 2^41 ns, ~36 min
+
+func histIndex(v int64) int {
+	if v < 16 {
+		return int(max(v, 0))
+	}
+	e := bits.Len64(uint64(v)) - 5
+	i := (e+1)*16 + int(uint64(v)>>e&15)
+	return min(i, histBuckets-1)
+}
+
+// histValue is the middle of bucket i.
+func histValue(i int) int64 {
+	if i < 16 {
+		return int64(i)
+	}
+	e := i/16 - 1
+	lo := int64(16+i%16) << e
+	return lo + (int64(1)<<e)/2
+}
+
+func (h *histogram) add(v int64) {
+	h.counts[histIndex(v)]++
+	h.max = max(h.max, v)
+}
+
+func (h *histogram) merge(o *histogram) {
+	for i, c := range o.counts {
+		h.counts[i] += c
+	}
+	h.max = max(h.max, o.max)
+}
+
+// spread returns the histogram's quantiles in milliseconds.
+func (h *histogram) spread() Spread {
+	var n uint64
+	for _, c := range h.counts {
+		n += uint64(c)
+	}
+	if n == 0 {
+		return Spread{}
+	}
+	q := func(p float64) float64 {
+		rank := uint64(math.Ceil(p * float64(n)))
+		var seen uint64
+		for i, c := range h.counts {
+			seen += uint64(c)
+			if seen >= rank {
+				return ms(time.Duration(min(histValue(i), h.max)))
+			}
+		}
+		return ms(time.Duration(h.max))
+	}
+	return Spread{N: int(min(n, math.MaxInt32)), P50: q(0.5), P95: q(0.95), P99: q(0.99), Max: ms(time.Duration(h.max))}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// WriteTable prints the report as a table for people.
+func (r *Report) WriteTable(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	row := func(name, format string, args ...any) {
+		fmt.Fprintf(tw, "%s\t%s\n", name, fmt.Sprintf(format, args...))
+	}
+	mode := "watch only"
+	if r.Publish {
+		mode = "publish + watch"
+	}
+	row("server", "%s  stream %s  (%s)", r.Server, r.Stream, mode)
+	row("viewers", "%d requested, %d joined, %d failed, %d got media, %d data channels", r.Requested, r.Joined, r.Failed, r.WithMedia, r.Channels)
+	for _, e := range r.Errors {
+		row("  join error", "%s", e)
+	}
+	row("measured window", "%.1f s after the last join", r.Window)
+	if r.Publish {
+		row("packets sent", "%d (video %d, audio %d)", r.Sent.Total(), r.Sent.Video, r.Sent.Audio)
+	}
+	row("packets delivered", "%d of %d expected (video %d/%d, audio %d/%d)", r.Delivered.Total(), r.Expected.Total(),
+		r.Delivered.Video, r.Expected.Video, r.Delivered.Audio, r.Expected.Audio)
+	if r.Publish {
+		row("foreign payloads", "%d (payloads no packet sent had; 0 = byte-identical)", r.Foreign)
+	}
+	row("loss per viewer", "p50 %.3f%%  p99 %.3f%%  max %.3f%%", 100*r.Loss.P50, 100*r.Loss.P99, 100*r.Loss.Max)
+	row("viewers below 99%", "%d", r.BelowTarget)
+	row("join to first packet", "p50 %.0f ms  p95 %.0f ms  p99 %.0f ms", r.JoinFirstPacket.P50, r.JoinFirstPacket.P95, r.JoinFirstPacket.P99)
+	row("join to first keyframe", "p50 %.0f ms  p95 %.0f ms  p99 %.0f ms", r.JoinFirstKeyframe.P50, r.JoinFirstKeyframe.P95, r.JoinFirstKeyframe.P99)
+	if r.Publish {
+		row("forwarding latency", "p50 %.2f ms  p99 %.2f ms  max %.1f ms (%d packets)", r.Latency.P50, r.Latency.P99, r.Latency.Max, r.Latency.N)
+		row("keyframe requests", "%d reached the publisher", r.KeyframeRequests)
+	}
+	switch {
+	case r.Overlay.Error != "":
+		row("overlay", "%d messages; cues: %s", r.Overlay.Messages, r.Overlay.Error)
+	case r.Overlay.CuesPosted > 0:
+		row("overlay cue lag", "p50 %.1f ms  p99 %.1f ms  max %.1f ms (%d cues, %d arrivals)", r.Overlay.Lag.P50, r.Overlay.Lag.P99, r.Overlay.Lag.Max, r.Overlay.CuesPosted, r.Overlay.Lag.N)
+	default:
+		row("overlay", "%d messages (no cues posted: needs -key)", r.Overlay.Messages)
+	}
+	cpu := func(name string, c CPU, what string) {
+		if c.Error != "" {
+			row(name, "%s", c.Error)
+			return
+		}
+		row(name, "%.2f s for %d %s packets = %.2f us/packet", c.Seconds, c.Packets, what, c.PerPacket)
+	}
+	cpu("server CPU", r.ServerCPU, "delivered")
+	cpu("load tool CPU", r.ToolCPU, "received")
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if bad := r.worstViewers(5); len(bad) > 0 {
+		fmt.Fprintf(w, "\nworst viewers: %s\n", strings.Join(bad, ", "))
+	}
+	return nil
+}
+
+// worstViewers names up to n viewers under 99% delivery, worst first.
+func (r *Report) worstViewers(n int) []string {
+	vs := slices.Clone(r.Viewers)
+	slices.SortFunc(vs, func(a, b ViewerReport) int { return cmpFloat(a.Delivery(), b.Delivery()) })
+	var out []string
+	for _, v := range vs {
+		if len(out) == n || v.Delivery() >= 0.99 {
+			break
+		}
+		out = append(out, fmt.Sprintf("#%d %.1f%% (%d/%d)", v.ID, 100*v.Delivery(), v.Received.Total(), v.Expected.Total()))
+	}
+	return out
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

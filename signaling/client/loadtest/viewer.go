@@ -1,0 +1,299 @@
+package loadtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/webrtc/v4"
+	"github.com/vitrine-live/vitrine/signaling/client"
+)
+
+const (
+	joinPending = iota
+	joinOK
+	joinFailed
+)
+
+// viewer is one WHEP session of the run. Its reader goroutines own the
+// per-kind stats; what progress reads while they run is atomic.
+type viewer struct {
+	id  int
+	run *run
+
+	joinAt     int64  // ns since run start: when the offer was made
+	sentAtJoin uint64 // packets the publisher had sent then
+	state      atomic.Int32
+	err        error // set before state becomes joinFailed
+
+	connected   atomic.Bool
+	channel     atomic.Bool
+	overlay     atomic.Uint64
+	firstPacket atomic.Int64 // ns since run start, 0: none yet
+	firstKey    atomic.Int64
+	kinds       [2]kindStats
+
+	mu      sync.Mutex
+	closed  bool
+	sess    *client.Session
+	readers sync.WaitGroup
+}
+
+// kindStats is what one track of a viewer received.
+type kindStats struct {
+	taken    atomic.Bool   // a reader owns it (one track per kind)
+	received atomic.Uint64 // packets
+	firstOrd atomic.Uint64 // publisher's ordinal of the first packet, 0: none
+	seqSpan  atomic.Uint64 // highest - first extended sequence number + 1
+
+	foreign uint64
+	lat     histogram
+
+	seqStarted     bool
+	seqFirst       uint64
+	seqMax, cycles uint64
+}
+
+// seq tracks the extended sequence number range, to count what should have
+// arrived when the tool does not know what was sent.
+func (k *kindStats) seq(s uint16) {
+	if !k.seqStarted {
+		k.seqStarted, k.seqFirst, k.seqMax = true, uint64(s), uint64(s)
+		k.seqSpan.Store(1)
+		return
+	}
+	last := uint16(k.seqMax)
+	if int16(s-last) <= 0 {
+		return // late or repeated
+	}
+	if s < last {
+		k.cycles += 1 << 16
+	}
+	k.seqMax = k.cycles | uint64(s)
+	k.seqSpan.Store(k.seqMax - k.seqFirst + 1)
+}
+
+// expected is how many packets of kind k the viewer should have had: what
+// the publisher sent from the viewer's first packet on, or, watching only,
+// the span of sequence numbers seen.
+func (v *viewer) expected(k int) uint64 {
+	ks := &v.kinds[k]
+	if v.run.log == nil {
+		return ks.seqSpan.Load()
+	}
+	first := ks.firstOrd.Load()
+	if first == 0 {
+		return 0
+	}
+	return v.run.log.sent[k].Load() - first + 1
+}
+
+func (v *viewer) join(ctx context.Context, endpoint string) {
+	v.joinAt = v.run.now()
+	if v.run.log != nil {
+		v.sentAtJoin = v.run.log.sent[kindVideo].Load() + v.run.log.sent[kindAudio].Load()
+	}
+	ctx, cancel := context.WithTimeout(ctx, v.run.cfg.JoinTimeout)
+	defer cancel()
+	sess, err := client.Watch(ctx, v.run.viewAPI, endpoint, true, func(pc *webrtc.PeerConnection, dc *webrtc.DataChannel) {
+		pc.OnTrack(func(t *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
+			if !v.startReader() {
+				return
+			}
+			defer v.readers.Done()
+			v.read(t)
+		})
+		pc.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
+			v.connected.Store(s == webrtc.PeerConnectionStateConnected)
+		})
+		dc.OnOpen(func() { v.channel.Store(true) })
+		dc.OnMessage(func(m webrtc.DataChannelMessage) {
+			at := v.run.now()
+			v.overlay.Add(1)
+			v.run.cueLag(m.Data, at)
+		})
+	})
+	if err != nil {
+		v.fail(err)
+		return
+	}
+	v.mu.Lock()
+	v.sess = sess
+	v.mu.Unlock()
+	if err := sess.WaitConnected(time.Until(deadline(ctx))); err != nil {
+		v.fail(err)
+		return
+	}
+	v.state.Store(joinOK)
+}
+
+func deadline(ctx context.Context) time.Time {
+	d, ok := ctx.Deadline()
+	if !ok {
+		return time.Now().Add(15 * time.Second)
+	}
+	return d
+}
+
+func (v *viewer) fail(err error) {
+	var he *client.HTTPError
+	if errors.As(err, &he) {
+		err = fmt.Errorf("WHEP answer %d: %s", he.Status, strings.TrimSpace(he.Body))
+	}
+	v.err = err
+	v.state.Store(joinFailed)
+}
+
+func (v *viewer) startReader() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return false
+	}
+	v.readers.Add(1)
+	return true
+}
+
+// read is the per-packet path: one read into a reused buffer, a header
+// walk, a hash and a map lookup, a clock read, a few counters. Nothing is
+// allocated.
+func (v *viewer) read(t *webrtc.TrackRemote) {
+	k := kindAudio
+	if t.Kind() == webrtc.RTPCodecTypeVideo {
+		k = kindVideo
+	}
+	ks := &v.kinds[k]
+	buf := make([]byte, 1500)
+	if !ks.taken.CompareAndSwap(false, true) {
+		for { // a second track of a kind is not the stream's: drain it
+			if _, _, err := t.Read(buf); err != nil {
+				return
+			}
+		}
+	}
+	h264 := strings.EqualFold(t.Codec().MimeType, webrtc.MimeTypeH264)
+	idx, log := v.run.index, v.run.log
+	gotFirst, gotKey := false, k != kindVideo
+	for {
+		n, _, err := t.Read(buf)
+		if err != nil {
+			return
+		}
+		now := v.run.now()
+		payload, seq := rtpPayload(buf[:n])
+		if payload == nil {
+			continue
+		}
+		ks.received.Add(1)
+		ks.seq(seq)
+		if !gotFirst {
+			gotFirst = true
+			v.firstPacket.CompareAndSwap(0, now)
+		}
+		if !gotKey && (!h264 || isKeyframe(payload)) {
+			gotKey = true
+			v.firstKey.Store(now)
+		}
+		if idx == nil {
+			continue
+		}
+		cls, ok := idx.classes[maphash.Bytes(idx.seed, payload)]
+		if !ok {
+			ks.foreign++
+			continue
+		}
+		o := log.last[cls].Load()
+		if ks.firstOrd.Load() == 0 {
+			ks.firstOrd.Store(o)
+		}
+		ks.lat.add(now - log.times[k][o%ringSize].Load())
+	}
+}
+
+func (v *viewer) close() {
+	v.mu.Lock()
+	v.closed = true
+	sess := v.sess
+	v.mu.Unlock()
+	if sess != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = sess.Delete(ctx) // closes the peer connection too
+		cancel()
+	}
+	v.readers.Wait()
+}
+
+// report puts the viewers' numbers together. Call it after closeViewers:
+// the reader goroutines have ended.
+func (r *run) report() *Report {
+	rep := &Report{Server: r.cfg.Server, Stream: r.cfg.Stream, Publish: r.log != nil, Requested: r.cfg.Viewers,
+		KeyframeRequests: r.keyRequests.Load()}
+	if r.log != nil {
+		rep.Sent = Packets{Video: r.log.sent[kindVideo].Load(), Audio: r.log.sent[kindAudio].Load()}
+	}
+	var lat histogram
+	var losses, firsts, keys []float64
+	for _, v := range r.viewers {
+		vr := ViewerReport{ID: v.id, FirstMS: -1, KeyMS: -1, Channel: v.channel.Load(), Overlay: v.overlay.Load()}
+		rep.Overlay.Messages += vr.Overlay
+		if vr.Channel {
+			rep.Channels++
+		}
+		vr.Received = Packets{Video: v.kinds[kindVideo].received.Load(), Audio: v.kinds[kindAudio].received.Load()}
+		vr.Expected = Packets{Video: v.expected(kindVideo), Audio: v.expected(kindAudio)}
+		for k := range v.kinds {
+			vr.Foreign += v.kinds[k].foreign
+			lat.merge(&v.kinds[k].lat)
+		}
+		if vr.Received.Total() == 0 && r.log != nil {
+			// Nothing arrived: everything sent since the offer was lost.
+			vr.Expected.Video = rep.Sent.Total() - v.sentAtJoin
+		}
+		if fp := v.firstPacket.Load(); fp != 0 {
+			rep.WithMedia++
+			vr.FirstMS = ms(time.Duration(fp - v.joinAt))
+			firsts = append(firsts, vr.FirstMS)
+		}
+		if fk := v.firstKey.Load(); fk != 0 {
+			vr.KeyMS = ms(time.Duration(fk - v.joinAt))
+			keys = append(keys, vr.KeyMS)
+		}
+		switch v.state.Load() {
+		case joinOK:
+			rep.Joined++
+			vr.Loss = 1 - vr.Delivery()
+			losses = append(losses, vr.Loss)
+			if vr.Delivery() < 0.99 {
+				rep.BelowTarget++
+			}
+		case joinFailed:
+			rep.Failed++
+			vr.Error = v.err.Error()
+			if len(rep.Errors) < 5 {
+				rep.Errors = append(rep.Errors, fmt.Sprintf("viewer %d: %s", v.id, vr.Error))
+			}
+		}
+		rep.Delivered.Video += vr.Received.Video
+		rep.Delivered.Audio += vr.Received.Audio
+		rep.Expected.Video += vr.Expected.Video
+		rep.Expected.Audio += vr.Expected.Audio
+		rep.Foreign += vr.Foreign
+		rep.Viewers = append(rep.Viewers, vr)
+	}
+	rep.Loss = spreadOf(losses)
+	rep.JoinFirstPacket = spreadOf(firsts)
+	rep.JoinFirstKeyframe = spreadOf(keys)
+	rep.Latency = lat.spread()
+	r.cueMu.Lock()
+	rep.Overlay.CuesPosted = len(r.cueSent)
+	r.cueMu.Unlock()
+	r.lagMu.Lock()
+	rep.Overlay.Lag = spreadOf(r.lags)
+	r.lagMu.Unlock()
+	return rep
+}
