@@ -75,7 +75,7 @@ func (a *app) streamByKey(key string) (*media.Stream, bool) {
 func (a *app) startProtocols(reg prometheus.Registerer, log *slog.Logger) error {
 	a.proto = &protocols{}
 	m := ingest.NewMetrics(reg)
-	rc := rtmp.Config{StreamByKey: a.streamByKey, Takeover: a.cfg.Streams.Takeover, FFmpeg: a.cfg.FFmpeg,
+	rc := rtmp.Config{StreamByKey: a.streamByKey, Takeover: a.cfg.Streams.Takeover, StaleAfter: a.cfg.Streams.StaleAfter, FFmpeg: a.cfg.FFmpeg,
 		HandshakeTimeout: a.cfg.RTMP.ReadTimeout, ReadTimeout: a.cfg.RTMP.ReadTimeout, Metrics: m, Log: log}
 	var err error
 	if a.cfg.RTMP.Address != "" {
@@ -104,7 +104,7 @@ func (a *app) startProtocols(reg prometheus.Registerer, log *slog.Logger) error 
 			udpRTP, udpRTCP = "", ""
 		}
 		a.proto.rtsp, err = rtsp.Listen(rtsp.Config{Address: a.cfg.RTSP.Address, UDPRTPAddress: udpRTP, UDPRTCPAddress: udpRTCP,
-			Stream: a.streamByName, Takeover: a.cfg.Streams.Takeover, FFmpeg: a.cfg.FFmpeg,
+			Stream: a.streamByName, Takeover: a.cfg.Streams.Takeover, StaleAfter: a.cfg.Streams.StaleAfter, FFmpeg: a.cfg.FFmpeg,
 			ReadTimeout: a.cfg.RTMP.ReadTimeout, Metrics: m, Log: log})
 		if err != nil {
 			return err

@@ -32,7 +32,10 @@ type Config struct {
 	// StreamByKey finds the stream a key publishes to.
 	StreamByKey func(key string) (*media.Stream, bool)
 	Takeover    bool
-	FFmpeg      string
+	// StaleAfter: a live creator silent this long may be replaced (the
+	// stream's own rule, streams.stale_after); 3 s when 0.
+	StaleAfter time.Duration
+	FFmpeg     string
 	// HandshakeTimeout bounds the RTMP handshake and connect/publish
 	// commands (10 s when 0); ReadTimeout bounds the wait for each message
 	// afterwards (10 s when 0).
@@ -60,6 +63,9 @@ func Listen(cfg Config) (*Server, error) {
 	}
 	if cfg.ReadTimeout <= 0 {
 		cfg.ReadTimeout = 10 * time.Second
+	}
+	if cfg.StaleAfter <= 0 {
+		cfg.StaleAfter = 3 * time.Second
 	}
 	ln, err := net.Listen("tcp", cfg.Address)
 	if err != nil {
@@ -202,7 +208,7 @@ func (s *Server) serve(c net.Conn, log *slog.Logger, scOut **gortmplib.ServerCon
 	log = log.With("stream", st.Name)
 	// Refuse early, before the client starts sending, when another creator
 	// is live; Publish decides for good once the tracks are known.
-	if in := st.Ingest(); in != nil && !s.cfg.Takeover && time.Since(in.LastActive()) < 3*time.Second {
+	if in := st.Ingest(); in != nil && !s.cfg.Takeover && time.Since(in.LastActive()) < s.cfg.StaleAfter {
 		_ = sc.RejectAction()
 		return fail("already_live", "rtmp: stream %s is already live from another session (%s)", st.Name, in.Protocol())
 	}

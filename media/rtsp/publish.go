@@ -38,7 +38,7 @@ func (s *Server) OnAnnounce(ctx *gortsplib.ServerHandlerOnAnnounceCtx) (*base.Re
 		log.Warn("rtsp publish refused: no track in a codec Vitrine forwards (H.264 video, AAC or Opus audio)")
 		return &base.Response{StatusCode: base.StatusUnsupportedMediaType}, nil
 	}
-	if in := st.Ingest(); in != nil && !s.cfg.Takeover && time.Since(in.LastActive()) < 3*time.Second {
+	if in := st.Ingest(); in != nil && !s.cfg.Takeover && time.Since(in.LastActive()) < s.cfg.StaleAfter {
 		s.cfg.Metrics.Connections.WithLabelValues("rtsp", "already_live").Inc()
 		log.Warn("rtsp publish refused: the stream is already live", "from", in.Protocol())
 		return &base.Response{StatusCode: 409}, nil

@@ -31,6 +31,7 @@ type Config struct {
 	// Stream finds a stream by name, with the key that publishes to it.
 	Stream      func(name string) (st *media.Stream, key string, ok bool)
 	Takeover    bool
+	StaleAfter  time.Duration // streams.stale_after: 3 s when 0
 	FFmpeg      string
 	ReadTimeout time.Duration // 10 s when 0
 	Metrics     *ingest.Metrics
@@ -52,6 +53,9 @@ type Server struct {
 func Listen(cfg Config) (*Server, error) {
 	if cfg.ReadTimeout <= 0 {
 		cfg.ReadTimeout = 10 * time.Second
+	}
+	if cfg.StaleAfter <= 0 {
+		cfg.StaleAfter = 3 * time.Second
 	}
 	s := &Server{cfg: cfg, outputs: map[*media.Stream]*output{}}
 	s.srv = &gortsplib.Server{
