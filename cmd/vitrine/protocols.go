@@ -152,14 +152,14 @@ func (a *app) printProtocolURLs(w io.Writer) {
 	}
 	host := a.publicHost()
 	if s := a.proto.rtmp; s != nil {
-		fmt.Fprintf(w, "  OBS (Settings > Stream > Custom): server rtmp://%s/live  stream key %s\n", hostPort(host, s.Addr()), a.demo.Key)
+		fmt.Fprintf(w, "  OBS RTMP (Stream > Custom):      server rtmp://%s/live  stream key %s\n", hostPort(host, s.Addr()), a.demo.Key)
 	}
 	if s := a.proto.rtmps; s != nil {
-		fmt.Fprintf(w, "  RTMPS:                            server rtmps://%s/live  stream key %s\n", hostPort(host, s.Addr()), a.demo.Key)
+		fmt.Fprintf(w, "  RTMPS:                           server rtmps://%s/live  stream key %s\n", hostPort(host, s.Addr()), a.demo.Key)
 	}
 	if s := a.proto.rtsp; s != nil {
-		fmt.Fprintf(w, "  RTSP playback (VLC, ffplay):      rtsp://%s/demo\n", hostPort(host, s.Addr()))
-		fmt.Fprintf(w, "  RTSP publish (ffmpeg -f rtsp):    rtsp://creator:%s@%s/demo\n", a.demo.Key, hostPort(host, s.Addr()))
+		fmt.Fprintf(w, "  RTSP playback (VLC, ffplay):     rtsp://%s/demo\n", hostPort(host, s.Addr()))
+		fmt.Fprintf(w, "  RTSP publish (ffmpeg -f rtsp):   rtsp://creator:%s@%s/demo\n", a.demo.Key, hostPort(host, s.Addr()))
 	}
 }
 
