@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -33,6 +34,7 @@ func load(args []string, stdout, stderr io.Writer) error {
 	metricsToken := fs.String("metrics-token", "", "bearer token for the metrics URL (metrics.token)")
 	loopback := fs.Bool("loopback", false, "ICE on 127.0.0.1 only (server on this machine)")
 	asJSON := fs.Bool("json", false, "write the report as JSON")
+	cpuProfile := fs.String("cpuprofile", "", "write the load tool's own CPU profile to this file")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: vitrine load [flags]\n\nPublishes a clip over WHIP (with -key) and joins WHEP viewers, then reports delivery, loss, join times, latency and CPU per packet.")
 		fs.PrintDefaults()
@@ -55,6 +57,17 @@ func load(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		cfg.Clip = c
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
