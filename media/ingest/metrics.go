@@ -52,5 +52,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.Connections, m.Active, m.Bytes, m.Frames, m.Readers,
 		m.TranscoderRestarts, m.TranscodersRunning, m.TranscodeSeconds, m.TranscodeDropped)
+	// Series exist at 0 from the start, so rates and alerts work before the
+	// first creator.
+	for _, p := range []string{"rtmp", "rtsp", "rtsp-pull"} {
+		m.Active.WithLabelValues(p)
+		m.Bytes.WithLabelValues(p)
+		m.Frames.WithLabelValues(p, "video")
+		m.Frames.WithLabelValues(p, "audio")
+		m.TranscoderRestarts.WithLabelValues(p)
+		m.Connections.WithLabelValues(p, "accepted")
+	}
 	return m
 }
