@@ -32,6 +32,7 @@ func load(args []string, stdout, stderr io.Writer) error {
 	interval := fs.Duration("interval", time.Second, "progress line interval")
 	metrics := fs.String("metrics", "", "the server's metrics URL (default: -server + /metrics)")
 	metricsToken := fs.String("metrics-token", "", "bearer token for the metrics URL (metrics.token)")
+	viewerKind := fs.String("viewer", "lite", "viewer implementation: lite (H.264 + Opus, cheapest per packet) or pion (a full PeerConnection, any codec)")
 	loopback := fs.Bool("loopback", false, "ICE on 127.0.0.1 only (server on this machine)")
 	asJSON := fs.Bool("json", false, "write the report as JSON")
 	cpuProfile := fs.String("cpuprofile", "", "write the load tool's own CPU profile to this file")
@@ -50,6 +51,13 @@ func load(args []string, stdout, stderr io.Writer) error {
 		Duration: *duration, Interval: *interval, MetricsURL: *metrics, MetricsToken: *metricsToken,
 		Loopback: *loopback,
 		Progress: func(p loadtest.Progress) { printProgress(stderr, p) },
+	}
+	switch *viewerKind {
+	case "lite":
+	case "pion":
+		cfg.PionViewers = true
+	default:
+		return fmt.Errorf("load: -viewer %q: want lite or pion", *viewerKind)
 	}
 	if *clipFile != "" {
 		c, err := readClip(*clipFile, *clipAudio, *fps)

@@ -50,6 +50,10 @@ type Config struct {
 	MetricsToken string
 	// Loopback keeps ICE on 127.0.0.1 (tests on one machine).
 	Loopback bool
+	// PionViewers makes viewers full pion PeerConnections instead of lite
+	// viewers (see lite.go): any codec, but about as costly per packet as
+	// the server.
+	PionViewers bool
 	// JoinTimeout bounds one viewer's offer/answer and ICE (default 15 s).
 	JoinTimeout time.Duration
 }
@@ -118,6 +122,7 @@ type run struct {
 	audio []int32
 
 	viewAPI   *webrtc.API
+	lite      *liteIdentity // nil: pion viewers
 	viewersMu sync.Mutex
 	viewers   []*viewer
 
@@ -157,7 +162,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cfg.JoinTimeout = 15 * time.Second
 	}
 	r := &run{cfg: cfg, start: time.Now(), clip: cfg.Clip, pli: make(chan struct{}, 1)}
-	if r.viewAPI, err = viewerAPI(cfg.Loopback); err != nil {
+	if cfg.PionViewers {
+		if r.viewAPI, err = viewerAPI(cfg.Loopback); err != nil {
+			return nil, err
+		}
+	} else if r.lite, err = newLiteIdentity(); err != nil {
 		return nil, err
 	}
 

@@ -41,6 +41,7 @@ type viewer struct {
 	mu      sync.Mutex
 	closed  bool
 	sess    *client.Session
+	lite    *liteSession
 	readers sync.WaitGroup
 }
 
@@ -51,8 +52,9 @@ type kindStats struct {
 	firstOrd atomic.Uint64 // publisher's ordinal of the first packet, 0: none
 	seqSpan  atomic.Uint64 // highest - first extended sequence number + 1
 
-	foreign uint64
-	lat     histogram
+	foreign          uint64
+	lat              histogram
+	gotFirst, gotKey bool
 
 	seqStarted     bool
 	seqFirst       uint64
@@ -100,6 +102,14 @@ func (v *viewer) join(ctx context.Context, endpoint string) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, v.run.cfg.JoinTimeout)
 	defer cancel()
+	if v.run.lite != nil {
+		if err := v.joinLite(ctx, endpoint); err != nil {
+			v.fail(err)
+			return
+		}
+		v.state.Store(joinOK)
+		return
+	}
 	sess, err := client.Watch(ctx, v.run.viewAPI, endpoint, true, func(pc *webrtc.PeerConnection, dc *webrtc.DataChannel) {
 		pc.OnTrack(func(t *webrtc.TrackRemote, _ *webrtc.RTPReceiver) {
 			if !v.startReader() {
@@ -177,49 +187,58 @@ func (v *viewer) read(t *webrtc.TrackRemote) {
 		}
 	}
 	h264 := strings.EqualFold(t.Codec().MimeType, webrtc.MimeTypeH264)
-	idx, log := v.run.index, v.run.log
-	gotFirst, gotKey := false, k != kindVideo
 	for {
 		n, _, err := t.Read(buf)
 		if err != nil {
 			return
 		}
 		now := v.run.now()
-		payload, seq := rtpPayload(buf[:n])
-		if payload == nil {
-			continue
+		if payload, seq := rtpPayload(buf[:n]); payload != nil {
+			v.packet(k, payload, seq, now, h264)
 		}
-		ks.received.Add(1)
-		ks.seq(seq)
-		if !gotFirst {
-			gotFirst = true
-			v.firstPacket.CompareAndSwap(0, now)
-		}
-		if !gotKey && (!h264 || isKeyframe(payload)) {
-			gotKey = true
-			v.firstKey.Store(now)
-		}
-		if idx == nil {
-			continue
-		}
-		cls, ok := idx.classes[maphash.Bytes(idx.seed, payload)]
-		if !ok {
-			ks.foreign++
-			continue
-		}
-		o := log.last[cls].Load()
-		if ks.firstOrd.Load() == 0 {
-			ks.firstOrd.Store(o)
-		}
-		ks.lat.add(now - log.times[k][o%ringSize].Load())
 	}
+}
+
+// packet is the bookkeeping for one received packet: a few counters, a
+// hash and a map lookup, one latency sample. Nothing is allocated. Only one
+// goroutine at a time calls it for a kind.
+func (v *viewer) packet(k int, payload []byte, seq uint16, now int64, h264 bool) {
+	ks := &v.kinds[k]
+	ks.received.Add(1)
+	ks.seq(seq)
+	if !ks.gotFirst {
+		ks.gotFirst = true
+		v.firstPacket.CompareAndSwap(0, now)
+	}
+	if k == kindVideo && !ks.gotKey && (!h264 || isKeyframe(payload)) {
+		ks.gotKey = true
+		v.firstKey.Store(now)
+	}
+	idx := v.run.index
+	if idx == nil {
+		return
+	}
+	cls, ok := idx.classes[maphash.Bytes(idx.seed, payload)]
+	if !ok {
+		ks.foreign++
+		return
+	}
+	log := v.run.log
+	o := log.last[cls].Load()
+	if ks.firstOrd.Load() == 0 {
+		ks.firstOrd.Store(o)
+	}
+	ks.lat.add(now - log.times[k][o%ringSize].Load())
 }
 
 func (v *viewer) close() {
 	v.mu.Lock()
 	v.closed = true
-	sess := v.sess
+	sess, lite := v.sess, v.lite
 	v.mu.Unlock()
+	if lite != nil {
+		lite.close()
+	}
 	if sess != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_ = sess.Delete(ctx) // closes the peer connection too

@@ -1,0 +1,537 @@
+package loadtest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/datachannel"
+	"github.com/pion/dtls/v3"
+	"github.com/pion/dtls/v3/pkg/crypto/selfsign"
+	"github.com/pion/ice/v4"
+	"github.com/pion/logging"
+	"github.com/pion/rtp"
+	"github.com/pion/sctp"
+	"github.com/pion/srtp/v3"
+	"github.com/pion/stun/v4"
+	"github.com/vitrine-live/vitrine/signaling/client"
+)
+
+// A lite viewer is a WHEP receiver cut down to what a load viewer needs:
+// one UDP socket read by one goroutine that answers STUN, hands DTLS to
+// pion/dtls and decrypts SRTP in place, so a packet costs one recvmsg, one
+// decryption and the tool's bookkeeping. A pion PeerConnection spends about
+// as much per received packet as the server spends per sent one (three
+// goroutine hand-offs and two buffer copies on the way in); the lite viewer
+// is what lets one machine load another. It speaks H.264 + Opus and the
+// data channel; -viewer pion covers the rest.
+
+// liteIdentity is the DTLS certificate all lite viewers of a run share.
+type liteIdentity struct {
+	cert        tls.Certificate
+	fingerprint string // sha-256, as SDP writes it
+}
+
+func newLiteIdentity() (*liteIdentity, error) {
+	cert, err := selfsign.GenerateSelfSigned()
+	if err != nil {
+		return nil, fmt.Errorf("lite viewer: certificate: %w", err)
+	}
+	return &liteIdentity{cert: cert, fingerprint: sdpFingerprint(cert.Certificate[0])}, nil
+}
+
+func sdpFingerprint(der []byte) string {
+	sum := sha256.Sum256(der)
+	h := strings.ToUpper(hex.EncodeToString(sum[:]))
+	var b strings.Builder
+	for i := 0; i < len(h); i += 2 {
+		if i > 0 {
+			b.WriteByte(':')
+		}
+		b.WriteString(h[i : i+2])
+	}
+	return b.String()
+}
+
+// liteSession is one lite viewer's connection.
+type liteSession struct {
+	v        *viewer
+	sock     *net.UDPConn
+	remote   netip.AddrPort
+	location string
+
+	localUfrag, localPwd   string
+	remoteUfrag, remotePwd string
+	tieBreaker             uint64
+	videoPT, audioPT       uint8
+
+	iceOK   chan struct{}
+	iceOnce sync.Once
+	dtlsIn  chan []byte
+	done    chan struct{}
+	closing sync.Once
+	srtp    atomic.Pointer[srtp.Context]
+
+	dtls  *dtls.Conn
+	assoc *sctp.Association
+	dc    *datachannel.DataChannel
+}
+
+func randomToken(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)[:n]
+}
+
+// joinLite is join for a lite viewer: offer, answer, ICE, DTLS, SCTP.
+func (v *viewer) joinLite(ctx context.Context, endpoint string) error {
+	r := v.run
+	laddr := &net.UDPAddr{IP: net.IPv4zero}
+	if r.cfg.Loopback {
+		laddr.IP = net.IPv4(127, 0, 0, 1)
+	}
+	sock, err := net.ListenUDP("udp4", laddr)
+	if err != nil {
+		return err
+	}
+	_ = sock.SetReadBuffer(1 << 20)
+	s := &liteSession{v: v, sock: sock, iceOK: make(chan struct{}), dtlsIn: make(chan []byte, 64), done: make(chan struct{}),
+		localUfrag: randomToken(16), localPwd: randomToken(32), videoPT: 102, audioPT: 111}
+	var tb [8]byte
+	_, _ = rand.Read(tb[:])
+	s.tieBreaker = binary.BigEndian.Uint64(tb[:])
+	v.mu.Lock()
+	v.lite = s
+	v.mu.Unlock()
+
+	hostIP, err := localIPFor(r.cfg.Server, r.cfg.Loopback)
+	if err != nil {
+		return err
+	}
+	port := sock.LocalAddr().(*net.UDPAddr).Port
+	answer, err := s.post(ctx, endpoint, s.offer(hostIP, port, r.lite.fingerprint))
+	if err != nil {
+		return err
+	}
+	if err := s.parseAnswer(answer, r.cfg.Loopback); err != nil {
+		return err
+	}
+	if !v.startReader() {
+		return errors.New("closed while joining")
+	}
+	go func() {
+		defer v.readers.Done()
+		s.readLoop()
+	}()
+
+	// ICE: we are the controlling side and nominate the one pair at once.
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for ice := false; !ice; {
+		if err := s.sendBindingRequest(); err != nil {
+			return err
+		}
+		select {
+		case <-s.iceOK:
+			ice = true
+		case <-ctx.Done():
+			return fmt.Errorf("ICE: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+	if v.startReader() {
+		go func() {
+			defer v.readers.Done()
+			s.keepalive()
+		}()
+	}
+
+	lf := logging.NewDefaultLoggerFactory()
+	lf.DefaultLogLevel = logging.LogLevelDisabled
+	want := r.lite.serverFingerprint(answer)
+	conn, err := dtls.Client(liteDTLSConn{s}, net.UDPAddrFromAddrPort(s.remote), &dtls.Config{
+		Certificates:           []tls.Certificate{r.lite.cert},
+		InsecureSkipVerify:     true, // self-signed: checked against the answer's fingerprint instead
+		VerifyPeerCertificate:  func(raw [][]byte, _ [][]*x509.Certificate) error { return checkFingerprint(raw, want) },
+		SRTPProtectionProfiles: []dtls.SRTPProtectionProfile{dtls.SRTP_AEAD_AES_128_GCM, dtls.SRTP_AES128_CM_HMAC_SHA1_80},
+		ExtendedMasterSecret:   dtls.RequireExtendedMasterSecret,
+		FlightInterval:         100 * time.Millisecond,
+		LoggerFactory:          lf,
+	})
+	if err != nil {
+		return fmt.Errorf("DTLS: %w", err)
+	}
+	s.dtls = conn
+	if err := conn.HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("DTLS: %w", err)
+	}
+	profile, ok := conn.SelectedSRTPProtectionProfile()
+	if !ok {
+		return errors.New("DTLS: no SRTP profile negotiated")
+	}
+	state, ok := conn.ConnectionState()
+	if !ok {
+		return errors.New("DTLS: no connection state")
+	}
+	keys := srtp.Config{Profile: srtp.ProtectionProfile(profile)}
+	if err := keys.ExtractSessionKeysFromDTLS(&state, true); err != nil {
+		return fmt.Errorf("SRTP keys: %w", err)
+	}
+	sctx, err := srtp.CreateContext(keys.Keys.RemoteMasterKey, keys.Keys.RemoteMasterSalt, keys.Profile)
+	if err != nil {
+		return fmt.Errorf("SRTP: %w", err)
+	}
+	s.srtp.Store(sctx)
+	v.connected.Store(true)
+
+	// The overlay channel: SCTP over the DTLS connection, then DCEP.
+	s.assoc, err = sctp.Client(sctp.Config{NetConn: conn, LoggerFactory: lf, MaxReceiveBufferSize: 1 << 20})
+	if err != nil {
+		return fmt.Errorf("SCTP: %w", err)
+	}
+	s.dc, err = datachannel.Dial(s.assoc, 0, &datachannel.Config{ChannelType: datachannel.ChannelTypeReliable, Label: "vitrine", LoggerFactory: lf})
+	if err != nil {
+		return fmt.Errorf("data channel: %w", err)
+	}
+	v.channel.Store(true)
+	if v.startReader() {
+		go func() {
+			defer v.readers.Done()
+			s.readChannel()
+		}()
+	}
+	return nil
+}
+
+// localIPFor is the address the server can reach this machine on: the one
+// the kernel would send from towards it.
+func localIPFor(server string, loopback bool) (netip.Addr, error) {
+	if loopback {
+		return netip.AddrFrom4([4]byte{127, 0, 0, 1}), nil
+	}
+	u, err := url.Parse(server)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	c, err := net.Dial("udp4", net.JoinHostPort(u.Hostname(), "9"))
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("no IPv4 route to %s: %w", u.Hostname(), err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr(), nil
+}
+
+func (s *liteSession) offer(ip netip.Addr, port int, fingerprint string) string {
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\r\n", args...) }
+	w("v=0")
+	w("o=- %d 2 IN IP4 127.0.0.1", time.Now().UnixNano()&0x7fffffff)
+	w("s=-")
+	w("t=0 0")
+	w("a=group:BUNDLE 0 1 2")
+	w("a=fingerprint:sha-256 %s", fingerprint)
+	w("a=ice-ufrag:%s", s.localUfrag)
+	w("a=ice-pwd:%s", s.localPwd)
+	media := func(mid int, m string) {
+		w("%s", m)
+		w("c=IN IP4 0.0.0.0")
+		w("a=mid:%d", mid)
+		w("a=ice-ufrag:%s", s.localUfrag)
+		w("a=ice-pwd:%s", s.localPwd)
+		w("a=fingerprint:sha-256 %s", fingerprint)
+		w("a=setup:active")
+		if mid == 0 {
+			w("a=candidate:1 1 udp 2130706431 %s %d typ host", ip, port)
+			w("a=end-of-candidates")
+		}
+	}
+	media(0, fmt.Sprintf("m=video %d UDP/TLS/RTP/SAVPF %d", port, s.videoPT))
+	w("a=recvonly")
+	w("a=rtcp-mux")
+	w("a=rtpmap:%d H264/90000", s.videoPT)
+	w("a=fmtp:%d level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f", s.videoPT)
+	media(1, fmt.Sprintf("m=audio %d UDP/TLS/RTP/SAVPF %d", port, s.audioPT))
+	w("a=recvonly")
+	w("a=rtcp-mux")
+	w("a=rtpmap:%d opus/48000/2", s.audioPT)
+	w("a=fmtp:%d minptime=10;useinbandfec=1", s.audioPT)
+	media(2, fmt.Sprintf("m=application %d UDP/DTLS/SCTP webrtc-datachannel", port))
+	w("a=sctp-port:5000")
+	w("a=max-message-size:262144")
+	return b.String()
+}
+
+func (s *liteSession) post(ctx context.Context, endpoint, offer string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(offer))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/sdp")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(res.Body, 1<<20))
+	if err != nil {
+		return "", err
+	}
+	if res.StatusCode != http.StatusCreated {
+		return "", &client.HTTPError{Status: res.StatusCode, Body: string(body), Header: res.Header}
+	}
+	base, err := url.Parse(endpoint)
+	if err != nil {
+		return "", err
+	}
+	loc, err := url.Parse(res.Header.Get("Location"))
+	if err != nil || res.Header.Get("Location") == "" {
+		return "", errors.New("answer without a valid Location")
+	}
+	s.location = base.ResolveReference(loc).String()
+	return string(body), nil
+}
+
+// parseAnswer takes what the lite viewer needs from the server's answer:
+// ICE credentials, the best IPv4 UDP host candidate, the payload types.
+func (s *liteSession) parseAnswer(answer string, loopback bool) error {
+	var best netip.AddrPort
+	var bestPrio uint64
+	section := ""
+	for line := range strings.Lines(answer) {
+		line = strings.TrimRight(line, "\r\n")
+		switch {
+		case strings.HasPrefix(line, "m="):
+			f := strings.Fields(line)
+			section = strings.TrimPrefix(f[0], "m=")
+			if len(f) > 3 {
+				if pt, err := strconv.ParseUint(f[3], 10, 7); err == nil {
+					switch section {
+					case "video":
+						s.videoPT = uint8(pt)
+					case "audio":
+						s.audioPT = uint8(pt)
+					}
+				}
+			}
+		case strings.HasPrefix(line, "a=ice-ufrag:") && s.remoteUfrag == "":
+			s.remoteUfrag = strings.TrimPrefix(line, "a=ice-ufrag:")
+		case strings.HasPrefix(line, "a=ice-pwd:") && s.remotePwd == "":
+			s.remotePwd = strings.TrimPrefix(line, "a=ice-pwd:")
+		case strings.HasPrefix(line, "a=candidate:"):
+			// foundation component transport priority address port typ type
+			f := strings.Fields(strings.TrimPrefix(line, "a=candidate:"))
+			if len(f) < 8 || !strings.EqualFold(f[2], "udp") {
+				continue
+			}
+			prio, _ := strconv.ParseUint(f[3], 10, 32)
+			ip, err := netip.ParseAddr(f[4])
+			port, perr := strconv.ParseUint(f[5], 10, 16)
+			if err != nil || perr != nil || !ip.Is4() || (loopback && !ip.IsLoopback()) {
+				continue
+			}
+			if !best.IsValid() || prio > bestPrio {
+				best, bestPrio = netip.AddrPortFrom(ip, uint16(port)), prio
+			}
+		}
+	}
+	if s.remoteUfrag == "" || s.remotePwd == "" {
+		return errors.New("answer has no ICE credentials")
+	}
+	if !best.IsValid() {
+		return errors.New("answer has no IPv4 UDP candidate this viewer can reach")
+	}
+	s.remote = best
+	return nil
+}
+
+func (l *liteIdentity) serverFingerprint(answer string) string {
+	for line := range strings.Lines(answer) {
+		if f, ok := strings.CutPrefix(strings.TrimSpace(line), "a=fingerprint:sha-256 "); ok {
+			return strings.ToUpper(f)
+		}
+	}
+	return ""
+}
+
+func checkFingerprint(raw [][]byte, want string) error {
+	if len(raw) == 0 || want == "" || sdpFingerprint(raw[0]) != want {
+		return errors.New("DTLS certificate does not match the answer's fingerprint")
+	}
+	return nil
+}
+
+func (s *liteSession) sendBindingRequest() error {
+	m, err := stun.Build(stun.TransactionID, stun.BindingRequest,
+		stun.NewUsername(s.remoteUfrag+":"+s.localUfrag),
+		ice.AttrControlling(s.tieBreaker), ice.PriorityAttr(2130706431), ice.UseCandidate(),
+		stun.NewShortTermIntegrity(s.remotePwd), stun.Fingerprint)
+	if err != nil {
+		return err
+	}
+	_, err = s.sock.WriteToUDPAddrPort(m.Raw, s.remote)
+	return err
+}
+
+// keepalive sends consent checks (RFC 7675) so the server keeps the pair.
+func (s *liteSession) keepalive() {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+			_ = s.sendBindingRequest()
+		}
+	}
+}
+
+// readLoop is the lite viewer's only per-packet goroutine. (Batching
+// reads with recvmmsg was tried and cost more: the server writes a packet to
+// all viewers of a shard before the next one, so one socket rarely holds
+// two packets at once.)
+func (s *liteSession) readLoop() {
+	buf := make([]byte, 1600)
+	dec := make([]byte, 1600)
+	var hdr rtp.Header
+	for {
+		n, from, err := s.sock.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			return
+		}
+		s.datagram(buf[:n], from, s.v.run.now(), dec, &hdr)
+	}
+}
+
+// datagram demultiplexes one datagram (RFC 7983): STUN, DTLS or SRTP.
+func (s *liteSession) datagram(b []byte, from netip.AddrPort, now int64, dec []byte, hdr *rtp.Header) {
+	switch {
+	case len(b) == 0:
+	case b[0] < 2:
+		s.handleSTUN(b, from)
+	case b[0] >= 20 && b[0] <= 63:
+		select {
+		case s.dtlsIn <- bytes.Clone(b):
+		default: // DTLS retransmits
+		}
+	case b[0] >= 128 && b[0] <= 191:
+		if len(b) < 12 || (b[1] >= 192 && b[1] <= 223) {
+			return // RTCP: Sender Reports are not measured
+		}
+		ctx := s.srtp.Load()
+		if ctx == nil {
+			return
+		}
+		out, err := ctx.DecryptRTP(dec, b, hdr)
+		if err != nil {
+			return
+		}
+		payload, seq := rtpPayload(out)
+		if payload == nil {
+			return
+		}
+		switch hdr.PayloadType {
+		case s.videoPT:
+			s.v.packet(kindVideo, payload, seq, now, true)
+		case s.audioPT:
+			s.v.packet(kindAudio, payload, seq, now, false)
+		}
+	}
+}
+
+func (s *liteSession) handleSTUN(b []byte, from netip.AddrPort) {
+	m := &stun.Message{Raw: bytes.Clone(b)}
+	if m.Decode() != nil {
+		return
+	}
+	switch m.Type {
+	case stun.BindingRequest:
+		res, err := stun.Build(stun.NewTransactionIDSetter(m.TransactionID), stun.BindingSuccess,
+			&stun.XORMappedAddress{IP: from.Addr().AsSlice(), Port: int(from.Port())},
+			stun.NewShortTermIntegrity(s.localPwd), stun.Fingerprint)
+		if err == nil {
+			_, _ = s.sock.WriteToUDPAddrPort(res.Raw, from)
+		}
+	case stun.BindingSuccess:
+		s.iceOnce.Do(func() { close(s.iceOK) })
+	}
+}
+
+func (s *liteSession) readChannel() {
+	buf := make([]byte, 64<<10)
+	for {
+		n, _, err := s.dc.ReadDataChannel(buf)
+		if err != nil {
+			return
+		}
+		at := s.v.run.now()
+		s.v.overlay.Add(1)
+		s.v.run.cueLag(buf[:n], at)
+	}
+}
+
+// close hangs up: DELETE on the server, then the local connections.
+func (s *liteSession) close() {
+	s.closing.Do(func() {
+		if s.location != "" {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if req, err := http.NewRequestWithContext(ctx, http.MethodDelete, s.location, nil); err == nil {
+				if res, err := http.DefaultClient.Do(req); err == nil {
+					res.Body.Close()
+				}
+			}
+			cancel()
+		}
+		close(s.done)
+		if s.dc != nil {
+			_ = s.dc.Close()
+		}
+		if s.assoc != nil {
+			_ = s.assoc.Close()
+		}
+		if s.dtls != nil {
+			_ = s.dtls.Close()
+		}
+		_ = s.sock.Close()
+	})
+}
+
+// liteDTLSConn is the socket as pion/dtls sees it: reads come from the
+// read loop, writes go straight to the server's address.
+type liteDTLSConn struct{ s *liteSession }
+
+func (c liteDTLSConn) ReadFrom(p []byte) (int, net.Addr, error) {
+	select {
+	case b := <-c.s.dtlsIn:
+		return copy(p, b), net.UDPAddrFromAddrPort(c.s.remote), nil
+	case <-c.s.done:
+		return 0, nil, net.ErrClosed
+	}
+}
+
+func (c liteDTLSConn) WriteTo(p []byte, _ net.Addr) (int, error) {
+	return c.s.sock.WriteToUDPAddrPort(p, c.s.remote)
+}
+
+func (c liteDTLSConn) Close() error                     { return nil } // the session owns the socket
+func (c liteDTLSConn) LocalAddr() net.Addr              { return c.s.sock.LocalAddr() }
+func (c liteDTLSConn) SetDeadline(time.Time) error      { return nil }
+func (c liteDTLSConn) SetReadDeadline(time.Time) error  { return nil }
+func (c liteDTLSConn) SetWriteDeadline(time.Time) error { return nil }
