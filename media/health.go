@@ -40,7 +40,13 @@ type ingestStats struct {
 	keyframes      uint64
 	keyTS          uint32
 	keyInterval    float64 // seconds between the last two keyframes, on the RTP clock
+	keySeen        bool    // the current source has sent a keyframe
 	slowDrops      uint64  // packets a lagging shard's viewers did not get, one per viewer
+}
+
+// newSource forgets what belongs to the previous source's encoder.
+func (st *ingestStats) newSource() {
+	st.keySeen, st.keyInterval = false, 0
 }
 
 func (st *ingestStats) count(p *Packet, clockRate uint32) {
@@ -50,10 +56,11 @@ func (st *ingestStats) count(p *Packet, clockRate uint32) {
 	}
 	st.packets++
 	st.bytes += uint64(len(p.Payload))
-	if p.Keyframe && (st.keyframes == 0 || p.Header.Timestamp != st.keyTS) {
-		if st.keyframes > 0 && clockRate > 0 {
+	if p.Keyframe && (!st.keySeen || p.Header.Timestamp != st.keyTS) {
+		if st.keySeen && clockRate > 0 {
 			st.keyInterval = float64(p.Header.Timestamp-st.keyTS) / float64(clockRate)
 		}
+		st.keySeen = true
 		st.keyframes++
 		st.keyTS = p.Header.Timestamp
 	}

@@ -44,6 +44,7 @@ type Track struct {
 	kfPending bool
 	shards    []*shard
 	in        ingestStats
+	window    rateWindow // for the creator's health report
 	closed    bool
 	stop      chan struct{}
 
@@ -140,6 +141,10 @@ func (t *Track) NewSource(codec Codec, requestKeyframe func()) *Source {
 	t.codec = s.codec
 	t.epoch++
 	t.clock = senderClock{}
+	// The creator's health is per session: a new encoder has its own
+	// keyframe interval and rates (the counters themselves keep counting).
+	t.in.newSource()
+	t.window = rateWindow{}
 	return s
 }
 

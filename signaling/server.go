@@ -128,6 +128,7 @@ func (s *Server) Handler(extra func(mux *http.ServeMux)) http.Handler {
 	route("GET /api/v1/streams/{stream}", s.getStream)
 	route("DELETE /api/v1/streams/{stream}", s.admin(s.deleteStream))
 	route("POST /api/v1/streams/{stream}/key", s.admin(s.rotateKey))
+	route("GET /api/v1/streams/{stream}/health", s.getHealth)
 	route("OPTIONS /api/v1/", s.options)
 	s.catalogRoutes(route)
 	s.overlayRoutes(route)

@@ -140,7 +140,37 @@ function stop(sendDelete = true) {
 $('golive').addEventListener('click', goLive);
 $('end').addEventListener('click', () => { stop(); setState('ended', 'Stream ended.'); });
 
+// updateHealth shows how the stream arrives at the server and, in plain
+// words, what to change when something is off.
+async function updateHealth() {
+  let h;
+  try { h = await api(`/api/v1/streams/${encodeURIComponent(stream)}/health`); } catch { return; }
+  const live = h.state === 'live';
+  $('h-video').textContent = live ? `${h.video.codec}${h.video.profile ? ` ${h.video.profile}` : ''} · ${Math.round(h.video.bitrate_bps / 1000)} kbps` : '–';
+  $('h-fps').textContent = live ? `${Math.round(h.video.fps)} fps` : '–';
+  $('h-key').textContent = live && h.video.keyframe_interval_s ? `every ${h.video.keyframe_interval_s.toFixed(1)} s` : '–';
+  $('h-audio').textContent = live ? (h.audio.present ? `${h.audio.codec} · ${Math.round(h.audio.bitrate_bps / 1000)} kbps` : 'none') : '–';
+  $('h-link').textContent = h.link ? `${h.link.loss_percent.toFixed(1)} % loss${h.link.rtt_ms ? ` · ${Math.round(h.link.rtt_ms)} ms` : ''}` : (h.ingest || '–');
+  const list = $('warnings');
+  list.innerHTML = '';
+  for (const w of h.warnings) {
+    const li = document.createElement('li');
+    li.dataset.code = w.code;
+    const msg = document.createElement('strong');
+    msg.textContent = w.message;
+    li.append(msg, ' ', w.fix);
+    list.append(li);
+  }
+  if (live && h.warnings.length === 0 && h.video.bitrate_bps > 0) {
+    const li = document.createElement('li');
+    li.className = 'ok';
+    li.textContent = 'All good: viewers get your stream as you send it.';
+    list.append(li);
+  }
+}
+
 async function updateFigures() {
+  updateHealth();
   try {
     const s = await (await fetch(`/api/v1/streams/${encodeURIComponent(stream)}`)).json();
     $('f-viewers').textContent = s.viewers;
