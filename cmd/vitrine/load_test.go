@@ -74,3 +74,27 @@ func TestLoad(t *testing.T) {
 		t.Error("no progress lines on stderr")
 	}
 }
+
+// TestLoadPionViewers runs the load tool with full pion PeerConnections as
+// viewers (-viewer pion), the implementation the lite viewers are checked
+// against.
+func TestLoadPionViewers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("load run takes ~4 s")
+	}
+	a, base := testApp(t, nil)
+	var stdout, stderr bytes.Buffer
+	err := load([]string{"-server", base, "-stream", "demo", "-key", a.demo.Key, "-loopback", "-viewer", "pion",
+		"-viewers", "5", "-rate", "0", "-duration", "2s", "-json"}, &stdout, &stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep loadtest.Report
+	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Joined != 5 || rep.WithMedia != 5 || rep.Channels != 5 || rep.Foreign != 0 || rep.BelowTarget != 0 {
+		t.Errorf("joined %d, with media %d, channels %d, foreign %d, below 99%% %d; errors %v",
+			rep.Joined, rep.WithMedia, rep.Channels, rep.Foreign, rep.BelowTarget, rep.Errors)
+	}
+}

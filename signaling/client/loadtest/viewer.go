@@ -153,7 +153,11 @@ func deadline(ctx context.Context) time.Time {
 func (v *viewer) fail(err error) {
 	var he *client.HTTPError
 	if errors.As(err, &he) {
-		err = fmt.Errorf("WHEP answer %d: %s", he.Status, strings.TrimSpace(he.Body))
+		hint := ""
+		if he.Status == 400 && v.run.lite != nil {
+			hint = " (lite viewers take H.264 + Opus only; -viewer pion takes any codec)"
+		}
+		err = fmt.Errorf("WHEP answer %d: %s%s", he.Status, strings.TrimSpace(he.Body), hint)
 	}
 	v.err = err
 	v.state.Store(joinFailed)
