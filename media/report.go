@@ -18,7 +18,12 @@ type Health struct {
 		BitrateBps       float64 `json:"bitrate_bps"`
 		FPS              float64 `json:"fps"`
 		KeyframeInterval float64 `json:"keyframe_interval_s"`
+		// KeyframesOnRequest: the creator makes a keyframe when a viewer
+		// joins (WebRTC), so a long interval costs viewers nothing.
+		KeyframesOnRequest bool `json:"keyframes_on_request"`
 	} `json:"video"`
+	// Measured is false until two reports a second apart give rates.
+	Measured bool `json:"measured"`
 	Audio struct {
 		Present    bool    `json:"present"`
 		Codec      string  `json:"codec,omitempty"`
@@ -86,6 +91,7 @@ func (s *Stream) Health(now time.Time) Health {
 	h.Video.BitrateBps, h.Video.FPS = vbps, fps
 	s.Video.mu.Lock()
 	h.Video.KeyframeInterval = s.Video.in.keyInterval
+	h.Video.KeyframesOnRequest = s.Video.source != nil && s.Video.source.keyframe != nil
 	s.Video.mu.Unlock()
 	h.Audio.BitrateBps = abps
 	h.Audio.Present = abps > 0
@@ -102,7 +108,8 @@ func (s *Stream) Health(now time.Time) Health {
 			}{LossPercent: l.loss[Video] * 100, JitterMS: l.jitter[Video] * 1000, RTTMS: l.rtt * 1000}
 		}
 	}
-	if h.State != StateLive || !haveVideo || !haveAudio {
+	h.Measured = haveVideo && haveAudio
+	if h.State != StateLive || !h.Measured {
 		return h
 	}
 	h.Warnings = warnings(h)
@@ -114,7 +121,7 @@ func (s *Stream) Health(now time.Time) Health {
 func warnings(h Health) []Warning {
 	out := []Warning{}
 	add := func(code, msg, fix string) { out = append(out, Warning{Code: code, Message: msg, Fix: fix}) }
-	if k := h.Video.KeyframeInterval; k > 3 {
+	if k := h.Video.KeyframeInterval; k > 3 && !h.Video.KeyframesOnRequest {
 		add("keyframe_interval",
 			fmt.Sprintf("Keyframe every %.0f s: viewers who join wait up to %.0f s to see you.", k, k),
 			"Set Keyframe Interval to 2 s in OBS > Settings > Output (Output Mode: Advanced) > Streaming.")

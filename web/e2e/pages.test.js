@@ -75,6 +75,9 @@ test('go live, watch, show a card, sell out a flash sale, embed, reload', async 
       return sent && got.width === sent.width && got.height === sent.height ? { got, sent } : null;
     }, 10000);
     assert.ok(sizes.got.width >= 320, `decoded ${sizes.got.width}x${sizes.got.height}`);
+    // The studio's health panel reads the stream as the server receives it.
+    await studio.waitForFunction(() => /H264/.test(document.getElementById('h-video').textContent)
+      && /fps/.test(document.getElementById('h-fps').textContent), null, { timeout: 15000 });
   });
 
   await t.test('the creator shows a product; the viewer sees the card', async () => {
@@ -165,6 +168,8 @@ test('go live, watch, show a card, sell out a flash sale, embed, reload', async 
 
   await t.test('screenshots for the docs', async () => {
     await studio.screenshot({ path: path.join(artifacts, 'studio-desktop.png'), fullPage: true });
+    await studio.waitForFunction(() => /kbps/.test(document.getElementById('h-video').textContent), null, { timeout: 10000 });
+    await studio.locator('section.health').screenshot({ path: path.join(artifacts, 'studio-health.png') });
     await viewer.setViewportSize({ width: 1280, height: 800 });
     await viewer.screenshot({ path: path.join(artifacts, 'watch-desktop.png') });
     await viewer.setViewportSize({ width: 390, height: 844 });

@@ -145,10 +145,12 @@ $('end').addEventListener('click', () => { stop(); setState('ended', 'Stream end
 async function updateHealth() {
   let h;
   try { h = await api(`/api/v1/streams/${encodeURIComponent(stream)}/health`); } catch { return; }
-  const live = h.state === 'live';
+  const live = h.state === 'live' && h.measured;
   $('h-video').textContent = live ? `${h.video.codec}${h.video.profile ? ` ${h.video.profile}` : ''} · ${Math.round(h.video.bitrate_bps / 1000)} kbps` : '–';
   $('h-fps').textContent = live ? `${Math.round(h.video.fps)} fps` : '–';
-  $('h-key').textContent = live && h.video.keyframe_interval_s ? `every ${h.video.keyframe_interval_s.toFixed(1)} s` : '–';
+  $('h-key').textContent = h.video.keyframes_on_request ? 'on request'
+    : (live && h.video.keyframe_interval_s ? `every ${h.video.keyframe_interval_s.toFixed(1)} s` : '–');
+  if (h.state === 'live' && !h.measured) $('h-video').textContent = 'measuring…';
   $('h-audio').textContent = live ? (h.audio.present ? `${h.audio.codec} · ${Math.round(h.audio.bitrate_bps / 1000)} kbps` : 'none') : '–';
   $('h-link').textContent = h.link ? `${h.link.loss_percent.toFixed(1)} % loss${h.link.rtt_ms ? ` · ${Math.round(h.link.rtt_ms)} ms` : ''}` : (h.ingest || '–');
   const list = $('warnings');
