@@ -24,7 +24,7 @@ type Health struct {
 	} `json:"video"`
 	// Measured is false until two reports a second apart give rates.
 	Measured bool `json:"measured"`
-	Audio struct {
+	Audio    struct {
 		Present    bool    `json:"present"`
 		Codec      string  `json:"codec,omitempty"`
 		BitrateBps float64 `json:"bitrate_bps"`
