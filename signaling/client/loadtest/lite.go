@@ -111,7 +111,7 @@ func (v *viewer) joinLite(ctx context.Context, endpoint string) error {
 	if err != nil {
 		return err
 	}
-	_ = sock.SetReadBuffer(1 << 20)
+	_ = sock.SetReadBuffer(256 << 10) // a few frames for every viewer
 	s := &liteSession{v: v, sock: sock, iceOK: make(chan struct{}), dtlsIn: make(chan []byte, 64), done: make(chan struct{}),
 		localUfrag: randomToken(16), localPwd: randomToken(32), videoPT: 102, audioPT: 111}
 	var tb [8]byte
@@ -202,7 +202,7 @@ func (v *viewer) joinLite(ctx context.Context, endpoint string) error {
 	v.connected.Store(true)
 
 	// The overlay channel: SCTP over the DTLS connection, then DCEP.
-	s.assoc, err = sctp.Client(sctp.Config{NetConn: conn, LoggerFactory: lf, MaxReceiveBufferSize: 1 << 20})
+	s.assoc, err = sctp.ClientContext(ctx, sctp.WithNetConn(conn), sctp.WithLoggerFactory(lf), sctp.WithMaxReceiveBufferSize(1<<20))
 	if err != nil {
 		return fmt.Errorf("SCTP: %w", err)
 	}
