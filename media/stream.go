@@ -69,6 +69,12 @@ type Stream struct {
 	viewers    map[*Viewer]struct{}
 	closed     bool
 
+	// Set while Video carries a re-encode of the creator's video (see
+	// SetTranscoding); original then carries the video as the creator sent it.
+	transcoding     bool
+	transcodeReason string
+	original        *Track
+
 	notifyMu sync.Mutex // delivers state changes in order
 }
 
@@ -247,6 +253,48 @@ func (s *Stream) removeViewer(v *Viewer) {
 	}
 }
 
+// SetTranscoding says whether Video carries a re-encode of the creator's
+// video rather than the video as sent, and why (for the creator: what it
+// costs and which encoder setting removes it). An ingest sets it when it
+// starts re-encoding and clears it when its connection ends.
+func (s *Stream) SetTranscoding(on bool, reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !on {
+		reason = ""
+	}
+	s.transcoding, s.transcodeReason = on, reason
+}
+
+// Transcoding reports whether Video is a re-encode of the creator's video
+// (H.264 with B-frames, which browsers cannot play over WebRTC) and why.
+func (s *Stream) Transcoding() (on bool, reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.transcoding, s.transcodeReason
+}
+
+// OriginalVideo is the track that carries the creator's video as sent while
+// Video carries a re-encode of it; an ingest that re-encodes writes the
+// original there. It is made on first use and has no WebRTC viewers.
+func (s *Stream) OriginalVideo() *Track {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.original == nil {
+		s.original = newTrack(Video, s.Name, DefaultVideoCodec, s.metrics, s.opts.KeyframeInterval)
+	}
+	return s.original
+}
+
+// ReaderVideo is the video track for readers that play the creator's video
+// as sent (RTSP): OriginalVideo while Video is a re-encode, Video otherwise.
+func (s *Stream) ReaderVideo() *Track {
+	if on, _ := s.Transcoding(); on {
+		return s.OriginalVideo()
+	}
+	return s.Video
+}
+
 // ViewerCount is how many viewers are connected.
 func (s *Stream) ViewerCount() int {
 	s.mu.Lock()
@@ -283,6 +331,12 @@ func (s *Stream) Close() {
 	}
 	s.Video.close()
 	s.Audio.close()
+	s.mu.Lock()
+	orig := s.original
+	s.mu.Unlock()
+	if orig != nil {
+		orig.close()
+	}
 	s.metrics.Viewers.DeletePartialMatch(map[string]string{"stream": s.Name})
 	s.metrics.removeStream(s)
 }

@@ -19,6 +19,13 @@ type Metrics struct {
 	TranscodersRunning prometheus.Gauge
 	TranscodeSeconds   *prometheus.HistogramVec
 	TranscodeDropped   *prometheus.CounterVec
+
+	// The H.264 re-encode of creators who send B-frames (video.go).
+	VideoTranscodes         *prometheus.GaugeVec
+	VideoTranscoderRestarts *prometheus.CounterVec
+	VideoTranscodersRunning prometheus.Gauge
+	VideoTranscodeSeconds   *prometheus.HistogramVec
+	VideoTranscodeDropped   *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them on reg.
@@ -49,9 +56,26 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		TranscodeDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vitrine_transcode_dropped_total", Help: "AAC frames not transcoded: ffmpeg down, starting or behind; a bad frame."},
 			[]string{"protocol", "reason"}),
+		VideoTranscodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vitrine_video_transcodes_active",
+			Help: "1 while a stream's video is re-encoded for WebRTC viewers because the creator sends H.264 with B-frames."},
+			[]string{"stream"}),
+		VideoTranscoderRestarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_video_transcoder_restarts_total", Help: "H.264 re-encoding ffmpeg processes restarted after dying or failing to start."},
+			[]string{"protocol"}),
+		VideoTranscodersRunning: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vitrine_video_transcoders_running", Help: "H.264 re-encoding ffmpeg processes running."}),
+		VideoTranscodeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "vitrine_video_transcode_seconds",
+			Help:    "Time from an H.264 frame handed to ffmpeg to its re-encoded frame.",
+			Buckets: []float64{.01, .02, .03, .05, .075, .1, .15, .2, .3, .5, 1}}, []string{"protocol"}),
+		VideoTranscodeDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_video_transcode_dropped_total", Help: "H.264 frames not re-encoded: ffmpeg down, starting or behind; before a keyframe; output without a source frame."},
+			[]string{"protocol", "reason"}),
 	}
 	reg.MustRegister(m.Connections, m.Active, m.Bytes, m.Frames, m.Readers,
-		m.TranscoderRestarts, m.TranscodersRunning, m.TranscodeSeconds, m.TranscodeDropped)
+		m.TranscoderRestarts, m.TranscodersRunning, m.TranscodeSeconds, m.TranscodeDropped,
+		m.VideoTranscodes, m.VideoTranscoderRestarts, m.VideoTranscodersRunning, m.VideoTranscodeSeconds, m.VideoTranscodeDropped)
 	// Series exist at 0 from the start, so rates and alerts work before the
 	// first creator.
 	for _, p := range []string{"rtmp", "rtsp", "rtsp-pull"} {
@@ -60,6 +84,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.Frames.WithLabelValues(p, "video")
 		m.Frames.WithLabelValues(p, "audio")
 		m.TranscoderRestarts.WithLabelValues(p)
+		m.VideoTranscoderRestarts.WithLabelValues(p)
 		m.Connections.WithLabelValues(p, "accepted")
 	}
 	return m

@@ -6,9 +6,11 @@
 package ingest
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os/exec"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -62,6 +64,15 @@ type Publisher struct {
 	audioSeq   uint16
 	audioSR    time.Time
 	transcoder *Transcoder
+
+	// H.264 with B-frames: Video gets the re-encode, and the video as sent
+	// goes to the stream's OriginalVideo track for RTSP readers.
+	videoCodec media.Codec
+	reencode   *VideoTranscoder
+	noEncoder  bool // ffmpeg missing: the video goes out as sent
+	original   *media.Source
+	origEnc    *rtph264.Encoder
+	origSR     time.Time
 
 	catchUp catchUp
 
@@ -134,6 +145,12 @@ func (p *Publisher) End(ended bool) {
 		if p.transcoder != nil {
 			p.transcoder.Close()
 		}
+		if p.reencode != nil {
+			p.reencode.Close()
+			p.original.End()
+			p.cfg.Stream.SetTranscoding(false, "")
+			p.cfg.Metrics.VideoTranscodes.DeleteLabelValues(p.cfg.Stream.Name)
+		}
 		if p.video != nil {
 			p.video.End()
 		}
@@ -164,8 +181,9 @@ func (p *Publisher) StartH264(sps, pps []byte) error {
 	if len(sps) >= 4 {
 		profile = fmt.Sprintf("%02x%02x%02x", sps[1], sps[2], sps[3])
 	}
-	p.video = p.cfg.Stream.Video.NewSource(media.Codec{MimeType: "video/H264", ClockRate: 90000,
-		Fmtp: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=" + profile}, nil)
+	p.videoCodec = media.Codec{MimeType: "video/H264", ClockRate: 90000,
+		Fmtp: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=" + profile}
+	p.video = p.cfg.Stream.Video.NewSource(p.videoCodec, nil)
 	return nil
 }
 
@@ -213,11 +231,78 @@ func (p *Publisher) WriteH264(pts time.Duration, au [][]byte) error {
 	if idr && !(hasSPS && hasPPS) && p.sps != nil && p.pps != nil {
 		out = append([][]byte{p.sps, p.pps}, out...)
 	}
+	if p.reencode == nil && !p.noEncoder && hasBSlice(out) {
+		p.startReencode()
+	}
+	if p.reencode != nil {
+		p.reencode.Write(out, pts, idr)
+		return p.writeOriginal(now, pts, out)
+	}
 	pkts, err := p.h264.Encode(out)
 	if err != nil {
 		return fmt.Errorf("ingest: packetize H.264: %w", err)
 	}
 	p.writeVideo(now, pts, pkts)
+	return nil
+}
+
+// bframesAdvice is what the creator is told, once, when their H.264 has
+// B-frames.
+const bframesAdvice = "the encoder sends H.264 with B-frames, which browsers cannot play over WebRTC, " +
+	"so the server re-encodes the video (more delay, more server CPU). To remove the re-encode in OBS: " +
+	"Settings > Output > Output Mode: Advanced > Streaming: set Profile to baseline, or keep main/high and " +
+	"set x264 Options to bframes=0 (or Tune: zerolatency); with a hardware encoder set Max B-frames to 0"
+
+// startReencode switches the stream's WebRTC video to a re-encode without
+// B-frames; the video as sent goes on to RTSP readers.
+func (p *Publisher) startReencode() {
+	if _, err := exec.LookPath(cmp.Or(p.cfg.FFmpeg, "ffmpeg")); err != nil {
+		p.noEncoder = true
+		p.cfg.Log.Error("H.264 with B-frames and no ffmpeg (with libx264) to re-encode it: WebRTC viewers get the video as sent and browsers may show nothing; install Debian's ffmpeg",
+			"err", err)
+		return
+	}
+	p.origEnc = &rtph264.Encoder{PayloadType: 96, PayloadMaxSize: 1200, PacketizationMode: 1,
+		SSRC: new(uint32), InitialSequenceNumber: new(uint16)}
+	if err := p.origEnc.Init(); err != nil {
+		p.noEncoder = true
+		return
+	}
+	p.original = p.cfg.Stream.OriginalVideo().NewSource(p.videoCodec, nil)
+	p.cfg.Stream.SetTranscoding(true, bframesAdvice)
+	p.cfg.Metrics.VideoTranscodes.WithLabelValues(p.cfg.Stream.Name).Set(1)
+	p.cfg.Log.Warn("video re-encoded for WebRTC viewers: "+bframesAdvice, "stream", p.cfg.Stream.Name)
+	// From here on, only the transcoder's goroutine uses p.h264 and p.video.
+	p.reencode = NewVideoTranscoder(VideoTranscoderConfig{FFmpeg: p.cfg.FFmpeg, Metrics: p.cfg.Metrics,
+		Protocol: p.cfg.Protocol, Log: p.cfg.Log.With("transcoder", "h264-reencode"),
+		Frame: func(au [][]byte, pts time.Duration, _ time.Time) {
+			pkts, err := p.h264.Encode(au)
+			if err != nil {
+				return
+			}
+			p.writeVideo(time.Now(), pts, pkts)
+		}})
+}
+
+// writeOriginal sends an access unit as the creator sent it to the stream's
+// OriginalVideo track.
+func (p *Publisher) writeOriginal(now time.Time, pts time.Duration, au [][]byte) error {
+	pkts, err := p.origEnc.Encode(au)
+	if err != nil {
+		return fmt.Errorf("ingest: packetize H.264: %w", err)
+	}
+	ts := rtpTime(pts, 90000)
+	for _, pkt := range pkts {
+		pkt.Timestamp = ts
+		if p.original.WriteRTP(&pkt.Header, pkt.Payload) != nil {
+			return nil
+		}
+	}
+	if now.Sub(p.origSR) > time.Second || p.clock.changed(&p.origSR) {
+		p.origSR = now
+		t := p.clock.wall(pts)
+		p.original.SenderReport(t, t, ts)
+	}
 	return nil
 }
 

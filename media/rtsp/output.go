@@ -45,7 +45,9 @@ func (s *Server) output(st *media.Stream) (*output, error) {
 		pt    uint8
 	}
 	var attaches []attach
-	for _, t := range []*media.Track{st.Video, st.Audio} {
+	// While the WebRTC video is a re-encode (B-frames), readers get the
+	// video as the creator sent it.
+	for _, t := range []*media.Track{st.ReaderVideo(), st.Audio} {
 		f, err := rtspFormat(t.Codec())
 		if err != nil {
 			if t.Kind() == media.Audio {
