@@ -196,7 +196,7 @@ func probeRTSPPictTypes(t *testing.T, url string) string {
 // TestRTMPNoBFrames: without B-frames nothing is re-encoded: no transcoder
 // process runs and viewers get the creator's NAL units byte for byte.
 func TestRTMPNoBFrames(t *testing.T) {
-	clip := obsClip(t, "8", "0")
+	clip := obsClip(t, "12", "0")
 	raw, err := exec.Command("ffmpeg", "-hide_banner", "-loglevel", "error", "-i", clip, "-c:v", "copy",
 		"-bsf:v", "h264_mp4toannexb", "-an", "-f", "h264", "-").Output()
 	if err != nil {
@@ -216,7 +216,7 @@ func TestRTMPNoBFrames(t *testing.T) {
 	v := record(t, base, "demo")
 	pushFile(t, clip, "rtmp://"+a.proto.rtmp.Addr().String()+"/live/"+a.demo.Key)
 	_, st, _ := a.streams.Get("demo")
-	eventually(t, "viewer gets video", 15*time.Second, func() bool { return v.count("video") > 500 })
+	eventually(t, "viewer gets video", 20*time.Second, func() bool { return v.count("video") > 1500 })
 	if on, reason := st.Transcoding(); on {
 		t.Errorf("stream without B-frames re-encoded: %s", reason)
 	}
