@@ -21,6 +21,9 @@ type Health struct {
 		// KeyframesOnRequest: the creator makes a keyframe when a viewer
 		// joins (WebRTC), so a long interval costs viewers nothing.
 		KeyframesOnRequest bool `json:"keyframes_on_request"`
+		// BFrames: the creator's H.264 has B-frames, so browsers get a
+		// re-encode (more latency, server CPU).
+		BFrames bool `json:"bframes"`
 	} `json:"video"`
 	// Measured is false until two reports a second apart give rates.
 	Measured bool `json:"measured"`
@@ -83,16 +86,19 @@ func (s *Stream) Health(now time.Time) Health {
 	if in != nil {
 		h.Ingest = in.Protocol()
 	}
-	vc, ac := s.Video.Codec(), s.Audio.Codec()
+	// The creator's video as sent: while B-frames are re-encoded, Video
+	// carries the re-encode and ReaderVideo the original.
+	video := s.ReaderVideo()
+	vc, ac := video.Codec(), s.Audio.Codec()
 	h.Video.Codec = strings.TrimPrefix(vc.MimeType, "video/")
 	h.Video.Profile = h264Profile(vc.Fmtp)
-	vbps, fps, haveVideo := s.Video.rates(now)
+	vbps, fps, haveVideo := video.rates(now)
 	abps, _, haveAudio := s.Audio.rates(now)
 	h.Video.BitrateBps, h.Video.FPS = vbps, fps
-	s.Video.mu.Lock()
-	h.Video.KeyframeInterval = s.Video.in.keyInterval
-	h.Video.KeyframesOnRequest = s.Video.source != nil && s.Video.source.keyframe != nil
-	s.Video.mu.Unlock()
+	video.mu.Lock()
+	h.Video.KeyframeInterval = video.in.keyInterval
+	h.Video.KeyframesOnRequest = video.source != nil && video.source.keyframe != nil
+	video.mu.Unlock()
 	h.Audio.BitrateBps = abps
 	h.Audio.Present = abps > 0
 	if h.Audio.Present {
@@ -108,11 +114,19 @@ func (s *Stream) Health(now time.Time) Health {
 			}{LossPercent: l.loss[Video] * 100, JitterMS: l.jitter[Video] * 1000, RTTMS: l.rtt * 1000}
 		}
 	}
+	transcoding, why := s.Transcoding()
+	h.Video.BFrames = transcoding
 	h.Measured = haveVideo && haveAudio
+	if transcoding {
+		// Known from the first B slice: worth saying before rates exist.
+		h.Warnings = append(h.Warnings, Warning{Code: "bframes",
+			Message: "Your encoder sends B-frames, which browsers cannot play live: Vitrine re-encodes your video, which adds about 100 ms and costs server CPU.",
+			Fix:     why})
+	}
 	if h.State != StateLive || !h.Measured {
 		return h
 	}
-	h.Warnings = warnings(h)
+	h.Warnings = append(h.Warnings, warnings(h)...)
 	return h
 }
 

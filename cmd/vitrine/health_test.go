@@ -44,10 +44,11 @@ func TestHealthReport(t *testing.T) {
 		kbps         float64
 		audio        bool
 		warnKeyframe bool
+		bframes      bool
 	}{
-		{"1 s GOP, 800 kbit/s", []string{"-g", "30", "-b:v", "800k", "-maxrate", "800k", "-bufsize", "800k"}, 1, 800, true, false},
-		{"5 s GOP", []string{"-g", "150", "-b:v", "800k", "-maxrate", "800k", "-bufsize", "800k"}, 5, 800, true, true},
-		{"no audio", []string{"-g", "60", "-b:v", "400k", "-maxrate", "400k", "-bufsize", "400k", "-an"}, 2, 400, false, false},
+		{"1 s GOP, 800 kbit/s", []string{"-g", "30", "-b:v", "800k", "-maxrate", "800k", "-bufsize", "800k"}, 1, 800, true, false, false},
+		{"5 s GOP, B-frames (OBS x264 default)", []string{"-g", "150", "-bf", "2", "-tune", "film", "-profile:v", "high", "-b:v", "800k", "-maxrate", "800k", "-bufsize", "800k"}, 5, 800, true, true, true},
+		{"no audio", []string{"-g", "60", "-b:v", "400k", "-maxrate", "400k", "-bufsize", "400k", "-an"}, 2, 400, false, false, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -79,6 +80,9 @@ func TestHealthReport(t *testing.T) {
 			}
 			if h.Audio.Present != c.audio || warned(h, "no_audio") == c.audio {
 				t.Errorf("audio present %v, warnings %+v; pushed audio: %v", h.Audio.Present, h.Warnings, c.audio)
+			}
+			if h.Video.BFrames != c.bframes || warned(h, "bframes") != c.bframes {
+				t.Errorf("B-frames reported %v (warning %v), pushed: %v", h.Video.BFrames, warned(h, "bframes"), c.bframes)
 			}
 			if warned(h, "keyframe_interval") != c.warnKeyframe {
 				t.Errorf("keyframe warning %v, want %v: %+v", warned(h, "keyframe_interval"), c.warnKeyframe, h.Warnings)

@@ -151,6 +151,7 @@ async function updateHealth() {
   $('h-key').textContent = h.video.keyframes_on_request ? 'on request'
     : (live && h.video.keyframe_interval_s ? `every ${h.video.keyframe_interval_s.toFixed(1)} s` : '–');
   if (h.state === 'live' && !h.measured) $('h-video').textContent = 'measuring…';
+  $('h-bframes').textContent = live ? (h.video.bframes ? 'yes (re-encoded)' : 'no') : '–';
   $('h-audio').textContent = live ? (h.audio.present ? `${h.audio.codec} · ${Math.round(h.audio.bitrate_bps / 1000)} kbps` : 'none') : '–';
   $('h-link').textContent = h.link ? `${h.link.loss_percent.toFixed(1)} % loss${h.link.rtt_ms ? ` · ${Math.round(h.link.rtt_ms)} ms` : ''}` : (h.ingest || '–');
   const list = $('warnings');
