@@ -234,6 +234,7 @@ func (t *Transcoder) read(r io.Reader) error {
 	var lacing [255]byte
 	var packet []byte
 	var outSamples int64 // 48 kHz samples emitted so far
+	var clock opusClock
 	headers := 0
 	for {
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
@@ -265,7 +266,7 @@ func (t *Transcoder) read(r io.Reader) error {
 			if headers < 2 {
 				headers++
 			} else if len(packet) > 0 {
-				t.emit(packet, outSamples)
+				t.emit(packet, outSamples, &clock)
 				outSamples += opus.PacketDuration2(packet)
 			}
 			packet = packet[:0]
@@ -273,9 +274,34 @@ func (t *Transcoder) read(r io.Reader) error {
 	}
 }
 
-// emit finds the AAC frame the packet's first sample came from and gives the
-// packet that frame's source time plus the offset into it.
-func (t *Transcoder) emit(pkt []byte, outSamples int64) {
+// opusClock keeps Opus timestamps sample-exact. Source times come from the
+// AAC frames' timestamps, which RTMP rounds to milliseconds: used as they
+// are, consecutive 20 ms packets would be 950 or 998 samples apart, and a
+// browser's jitter buffer conceals the overlaps and gaps (about a third of
+// the audio, measured in Chromium). So packets follow the sample count from
+// an anchor, and the anchor moves to the source time only when the two part
+// by more than resyncAfter (a source discontinuity).
+type opusClock struct {
+	anchored      bool
+	anchor        time.Duration
+	anchorSamples int64
+}
+
+const resyncAfter = 40 * time.Millisecond
+
+func (c *opusClock) time(source time.Duration, samples int64) time.Duration {
+	counted := c.anchor + time.Duration((samples-c.anchorSamples)*int64(time.Second)/48000)
+	if d := source - counted; !c.anchored || d > resyncAfter || d < -resyncAfter {
+		c.anchored, c.anchor, c.anchorSamples = true, source, samples
+		return source
+	}
+	return counted
+}
+
+// emit finds the AAC frame the packet's first sample came from, which gives
+// the packet's source time (that frame's time plus the offset into it), and
+// stamps the packet on the sample-exact clock that follows it.
+func (t *Transcoder) emit(pkt []byte, outSamples int64, clock *opusClock) {
 	rate := int64(t.cfg.Config.SampleRate)
 	frameSamples := t.frameNs * rate / int64(time.Second) // in source samples
 	if frameSamples <= 0 {
@@ -298,7 +324,7 @@ func (t *Transcoder) emit(pkt []byte, outSamples int64) {
 	t.mu.Unlock()
 	offset := time.Duration((inSample - i*frameSamples) * int64(time.Second) / rate)
 	t.cfg.Metrics.TranscodeSeconds.WithLabelValues(t.cfg.Protocol).Observe(time.Since(f.fedAt).Seconds())
-	t.cfg.Packet(pkt, f.pts+offset, f.fedAt)
+	t.cfg.Packet(pkt, clock.time(f.pts+offset, outSamples), f.fedAt)
 }
 
 // tailBuffer keeps the end of ffmpeg's error output for the log.

@@ -224,3 +224,21 @@ func counterValue(t testing.TB, c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+func TestOpusClockIsSampleExact(t *testing.T) {
+	var c opusClock
+	// Source times rounded to milliseconds, as RTMP gives them.
+	var prev time.Duration
+	for i := int64(0); i < 500; i++ {
+		source := time.Duration(i*20_000_000+i%3*400_000) / time.Millisecond * time.Millisecond
+		got := c.time(source, i*960)
+		if i > 0 && got-prev != 20*time.Millisecond {
+			t.Fatalf("packet %d is %v after the previous, want 20 ms", i, got-prev)
+		}
+		prev = got
+	}
+	// A jump in the source (a discontinuity) moves the clock.
+	if got := c.time(prev+time.Second, 500*960); got != prev+time.Second {
+		t.Errorf("after a 1 s jump the clock says %v, want %v", got, prev+time.Second)
+	}
+}

@@ -25,9 +25,10 @@ export async function startServer() {
   if (!bin) throw new Error('VITRINE_BIN must name a built vitrine binary (.ci/test.sh builds it)');
   const dir = mkdtempSync(path.join(os.tmpdir(), 'vitrine-e2e-'));
   const port = await freePort();
+  const rtmpPort = await freePort();
   const cfg = path.join(dir, 'vitrine.yaml');
   // ICE on loopback only: tests send nothing off this machine.
-  writeFileSync(cfg, `http: "127.0.0.1:${port}"\ndata: "${dir}/data"\nwebrtc:\n  listen_ip: "127.0.0.1"\n  udp_port: 0\n  include_loopback: true\nlog:\n  level: warn\n`);
+  writeFileSync(cfg, `http: "127.0.0.1:${port}"\ndata: "${dir}/data"\nwebrtc:\n  listen_ip: "127.0.0.1"\n  udp_port: 0\n  include_loopback: true\nrtmp:\n  address: "127.0.0.1:${rtmpPort}"\nrtsp:\n  address: ""\nlog:\n  level: warn\n`);
   const proc = spawn(bin, ['-config', cfg], {
     env: { ...process.env, VITRINE_ADMIN_TOKEN: ADMIN, VITRINE_DEMO_KEY: KEY },
     stdio: ['ignore', 'ignore', 'inherit'],
@@ -39,7 +40,7 @@ export async function startServer() {
     if (Date.now() > deadline || proc.exitCode !== null) throw new Error('vitrine did not start');
     await new Promise((r) => setTimeout(r, 100));
   }
-  return { base, stop: () => proc.kill('SIGTERM') };
+  return { base, rtmp: `rtmp://127.0.0.1:${rtmpPort}/live`, stop: () => proc.kill('SIGTERM') };
 }
 
 export function launch() {
