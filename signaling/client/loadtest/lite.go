@@ -82,7 +82,7 @@ type liteSession struct {
 	tieBreaker             uint64
 	videoPT, audioPT       uint8
 
-	iceOK   chan struct{}
+	iceOK   chan struct{} // closed when the server answered our check
 	iceOnce sync.Once
 	dtlsIn  chan []byte
 	done    chan struct{}
@@ -172,7 +172,7 @@ func (v *viewer) joinLite(ctx context.Context, endpoint string) error {
 		VerifyPeerCertificate:  func(raw [][]byte, _ [][]*x509.Certificate) error { return checkFingerprint(raw, want) },
 		SRTPProtectionProfiles: []dtls.SRTPProtectionProfile{dtls.SRTP_AEAD_AES_128_GCM, dtls.SRTP_AES128_CM_HMAC_SHA1_80},
 		ExtendedMasterSecret:   dtls.RequireExtendedMasterSecret,
-		FlightInterval:         100 * time.Millisecond,
+		FlightInterval:         25 * time.Millisecond, // the server drops a ClientHello that beats its DTLS start: resend soon
 		LoggerFactory:          lf,
 	})
 	if err != nil {
