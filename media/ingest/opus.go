@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os/exec"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -88,7 +87,10 @@ func NewTranscoder(cfg TranscoderConfig) (*Transcoder, error) {
 		cancel:  cancel,
 		done:    make(chan struct{}),
 	}
-	go t.supervise(ctx)
+	go func() {
+		defer close(t.done)
+		superviseFFmpeg(ctx, t.ffmpeg())
+	}()
 	return t, nil
 }
 
@@ -121,84 +123,40 @@ func (t *Transcoder) Close() {
 	<-t.done
 }
 
-func (t *Transcoder) supervise(ctx context.Context) {
-	defer close(t.done)
-	backoff := 100 * time.Millisecond
-	for attempt := 0; ; attempt++ {
-		if attempt > 0 {
-			t.cfg.Metrics.TranscoderRestarts.WithLabelValues(t.cfg.Protocol).Inc()
-		}
-		started := time.Now()
-		err := t.runOnce(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if time.Since(started) > 10*time.Second {
-			backoff = 100 * time.Millisecond
-		}
-		t.cfg.Log.Error("audio transcoder stopped; video goes on, audio restarts", "err", err, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 5*time.Second)
+// ffmpeg describes the child process: ADTS in, Ogg/Opus out, one 20 ms
+// packet per page, flushed at once.
+func (t *Transcoder) ffmpeg() ffmpegChild {
+	return ffmpegChild{
+		what:   "audio transcoder",
+		ffmpeg: t.cfg.FFmpeg,
+		args: []string{"-hide_banner", "-loglevel", "error", "-nostdin",
+			"-fflags", "nobuffer", "-flags", "low_delay", "-probesize", "32", "-analyzeduration", "0",
+			"-f", "aac", "-i", "pipe:0",
+			"-vn", "-c:a", "libopus", "-b:a", fmt.Sprint(t.cfg.Bitrate), "-ar", "48000", "-ac", "2",
+			"-application", "lowdelay", "-frame_duration", "20",
+			"-f", "ogg", "-page_duration", "20000", "-flush_packets", "1", "pipe:1"},
+		log:      t.cfg.Log,
+		restarts: t.cfg.Metrics.TranscoderRestarts.WithLabelValues(t.cfg.Protocol),
+		running:  t.cfg.Metrics.TranscodersRunning,
+		pid:      &t.pid,
+		started: func() {
+			t.mu.Lock()
+			t.running, t.nFed = true, 0
+			t.mu.Unlock()
+		},
+		stopped: func() {
+			t.mu.Lock()
+			t.running = false
+			t.mu.Unlock()
+			// Frames queued for the dead process would be mistimed in the next one.
+			for len(t.in) > 0 {
+				<-t.in
+			}
+		},
+		feed:   t.feed,
+		read:   t.read,
+		onFail: "audio transcoder stopped; video goes on, audio restarts",
 	}
-}
-
-// runOnce runs one ffmpeg until it exits or ctx ends.
-func (t *Transcoder) runOnce(ctx context.Context) error {
-	path, err := exec.LookPath(t.cfg.FFmpeg)
-	if err != nil {
-		return fmt.Errorf("transcode: ffmpeg not found: %w", err)
-	}
-	cmd := exec.CommandContext(ctx, path, "-hide_banner", "-loglevel", "error", "-nostdin",
-		"-fflags", "nobuffer", "-flags", "low_delay", "-probesize", "32", "-analyzeduration", "0",
-		"-f", "aac", "-i", "pipe:0",
-		"-vn", "-c:a", "libopus", "-b:a", fmt.Sprint(t.cfg.Bitrate), "-ar", "48000", "-ac", "2",
-		"-application", "lowdelay", "-frame_duration", "20",
-		"-f", "ogg", "-page_duration", "20000", "-flush_packets", "1", "pipe:1")
-	cmd.WaitDelay = 2 * time.Second
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		return err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	stderr := &tailBuffer{}
-	cmd.Stderr = stderr
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("transcode: start ffmpeg: %w", err)
-	}
-	t.mu.Lock()
-	t.running, t.nFed = true, 0
-	t.mu.Unlock()
-	t.pid.Store(int64(cmd.Process.Pid))
-	t.cfg.Metrics.TranscodersRunning.Inc()
-	t.cfg.Log.Info("audio transcoder started", "pid", cmd.Process.Pid)
-
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		defer stdin.Close()
-		t.feed(stdin, stop)
-	})
-	readErr := t.read(stdout)
-	close(stop)
-	wg.Wait()
-	waitErr := cmd.Wait()
-
-	t.mu.Lock()
-	t.running = false
-	t.mu.Unlock()
-	t.cfg.Metrics.TranscodersRunning.Dec()
-	// Frames queued for the dead process would be mistimed in the next one.
-	for len(t.in) > 0 {
-		<-t.in
-	}
-	return errors.Join(readErr, waitErr, stderr.err())
 }
 
 // feed writes ADTS frames to ffmpeg's stdin until stop.

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os/exec"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -86,7 +85,10 @@ func NewVideoTranscoder(cfg VideoTranscoderConfig) *VideoTranscoder {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t := &VideoTranscoder{cfg: cfg, in: make(chan videoFrame, 64), cancel: cancel, done: make(chan struct{})}
-	go t.supervise(ctx)
+	go func() {
+		defer close(t.done)
+		superviseFFmpeg(ctx, t.ffmpeg())
+	}()
 	return t
 }
 
@@ -126,32 +128,6 @@ func (t *VideoTranscoder) Close() {
 	<-t.done
 }
 
-func (t *VideoTranscoder) supervise(ctx context.Context) {
-	defer close(t.done)
-	backoff := 100 * time.Millisecond
-	for attempt := 0; ; attempt++ {
-		if attempt > 0 {
-			t.cfg.Metrics.VideoTranscoderRestarts.WithLabelValues(t.cfg.Protocol).Inc()
-		}
-		started := time.Now()
-		err := t.runOnce(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if time.Since(started) > 10*time.Second {
-			backoff = 100 * time.Millisecond
-		}
-		t.cfg.Log.Error("video transcoder stopped; WebRTC video resumes at the next keyframe after a restart",
-			"err", err, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 5*time.Second)
-	}
-}
-
 // ffmpegArgs is the command line: H.264 in, decoded in presentation order,
 // re-encoded by libx264 with no B-frames and no lookahead (zerolatency),
 // keyframes where the source has them, an AUD before each access unit out.
@@ -168,55 +144,34 @@ func (t *VideoTranscoder) ffmpegArgs() []string {
 		"-f", "h264", "-flush_packets", "1", "pipe:1"}
 }
 
-// runOnce runs one ffmpeg until it exits or ctx ends.
-func (t *VideoTranscoder) runOnce(ctx context.Context) error {
-	path, err := exec.LookPath(t.cfg.FFmpeg)
-	if err != nil {
-		return fmt.Errorf("video transcode: ffmpeg not found (install Debian's ffmpeg, which has libx264): %w", err)
+// ffmpeg describes the child process.
+func (t *VideoTranscoder) ffmpeg() ffmpegChild {
+	return ffmpegChild{
+		what:     "video transcoder",
+		ffmpeg:   t.cfg.FFmpeg,
+		args:     t.ffmpegArgs(),
+		log:      t.cfg.Log,
+		restarts: t.cfg.Metrics.VideoTranscoderRestarts.WithLabelValues(t.cfg.Protocol),
+		running:  t.cfg.Metrics.VideoTranscodersRunning,
+		pid:      &t.pid,
+		started: func() {
+			t.mu.Lock()
+			t.running, t.pending = true, t.pending[:0]
+			t.mu.Unlock()
+		},
+		stopped: func() {
+			t.mu.Lock()
+			t.running = false
+			t.pending = t.pending[:0]
+			t.mu.Unlock()
+			for len(t.in) > 0 {
+				<-t.in
+			}
+		},
+		feed:   t.feed,
+		read:   t.read,
+		onFail: "video transcoder stopped; WebRTC video resumes at the next keyframe after a restart",
 	}
-	cmd := exec.CommandContext(ctx, path, t.ffmpegArgs()...)
-	cmd.WaitDelay = 2 * time.Second
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		return err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	stderr := &tailBuffer{}
-	cmd.Stderr = stderr
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("video transcode: start ffmpeg: %w", err)
-	}
-	t.mu.Lock()
-	t.running, t.pending = true, t.pending[:0]
-	t.mu.Unlock()
-	t.pid.Store(int64(cmd.Process.Pid))
-	t.cfg.Metrics.VideoTranscodersRunning.Inc()
-	t.cfg.Log.Info("video transcoder started", "pid", cmd.Process.Pid)
-
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		defer stdin.Close()
-		t.feed(stdin, stop)
-	})
-	readErr := t.read(stdout)
-	close(stop)
-	wg.Wait()
-	waitErr := cmd.Wait()
-
-	t.pid.Store(0)
-	t.mu.Lock()
-	t.running = false
-	t.pending = t.pending[:0]
-	t.mu.Unlock()
-	t.cfg.Metrics.VideoTranscodersRunning.Dec()
-	for len(t.in) > 0 {
-		<-t.in
-	}
-	return errors.Join(readErr, waitErr, stderr.err())
 }
 
 // feed writes access units to ffmpeg's stdin, from a keyframe on, until stop.
