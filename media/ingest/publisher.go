@@ -195,18 +195,29 @@ const (
 	nalAUD = 9
 )
 
+// arrive records a frame's arrival at now: the creator is alive, and the
+// source clock is observed. It reports false for a frame of the start-up
+// backlog, which is dropped (see catchUp).
+func (p *Publisher) arrive(pts time.Duration) (now time.Time, fresh bool) {
+	now = time.Now()
+	p.last.Store(now.UnixNano())
+	if p.catchUp.stale(now, pts) {
+		return now, false
+	}
+	p.clock.observe(now, pts)
+	return now, true
+}
+
 // WriteH264 sends one access unit, presented at pts on the source's clock.
 // SPS and PPS go before every IDR, so a viewer can start at any keyframe.
 func (p *Publisher) WriteH264(pts time.Duration, au [][]byte) error {
 	if p.video == nil {
 		return errors.New("ingest: video not started")
 	}
-	now := time.Now()
-	p.last.Store(now.UnixNano())
-	if p.catchUp.stale(now, pts) {
+	now, fresh := p.arrive(pts)
+	if !fresh {
 		return nil
 	}
-	p.clock.observe(now, pts)
 	out := make([][]byte, 0, len(au)+2)
 	idr, hasSPS, hasPPS := false, false, false
 	for _, n := range au {
@@ -340,12 +351,10 @@ func (p *Publisher) WriteAV1(pts time.Duration, tu [][]byte) error {
 	if p.av1 == nil {
 		return errors.New("ingest: AV1 not started")
 	}
-	now := time.Now()
-	p.last.Store(now.UnixNano())
-	if p.catchUp.stale(now, pts) {
+	now, fresh := p.arrive(pts)
+	if !fresh {
 		return nil
 	}
-	p.clock.observe(now, pts)
 	out := make([][]byte, 0, len(tu))
 	for _, obu := range tu {
 		// The AV1 RTP payload format leaves temporal delimiters out.
@@ -387,12 +396,9 @@ func (p *Publisher) WriteAAC(pts time.Duration, au []byte) {
 	if p.transcoder == nil {
 		return
 	}
-	now := time.Now()
-	p.last.Store(now.UnixNano())
-	if p.catchUp.stale(now, pts) {
+	if _, fresh := p.arrive(pts); !fresh {
 		return
 	}
-	p.clock.observe(now, pts)
 	p.audioIn.Inc()
 	p.transcoder.Write(au, pts)
 }
@@ -407,12 +413,9 @@ func (p *Publisher) WriteOpus(pts time.Duration, pkt []byte) {
 	if p.audio == nil || p.transcoder != nil {
 		return
 	}
-	now := time.Now()
-	p.last.Store(now.UnixNano())
-	if p.catchUp.stale(now, pts) {
+	if _, fresh := p.arrive(pts); !fresh {
 		return
 	}
-	p.clock.observe(now, pts)
 	p.audioIn.Inc()
 	p.writeOpus(pts, pkt)
 }
