@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -202,6 +203,11 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", metrics)
+		// Profiles only on the private metrics listener, behind the same
+		// token: an operator can profile a live server
+		// (go tool pprof http://host:port/debug/pprof/profile).
+		mux.Handle("GET /debug/pprof/", requireToken(cfg.Metrics.Token, http.HandlerFunc(pprof.Index)))
+		mux.Handle("GET /debug/pprof/profile", requireToken(cfg.Metrics.Token, http.HandlerFunc(pprof.Profile)))
 		a.metricsHTTP = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := a.metricsHTTP.Serve(a.metricsListener); err != nil && !errors.Is(err, http.ErrServerClosed) {
