@@ -14,6 +14,9 @@ type Metrics struct {
 	PacketsOut       *prometheus.CounterVec
 	BytesOut         *prometheus.CounterVec
 	Dropped          *prometheus.CounterVec
+	UDPDatagrams     prometheus.Counter
+	UDPSends         prometheus.Counter
+	UDPSendErrors    prometheus.Counter
 	NACKs            prometheus.Counter
 	Retransmits      *prometheus.CounterVec
 	PLIs             prometheus.Counter
@@ -55,6 +58,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vitrine_dropped_packets_total",
 			Help: "Packets not delivered: oversize at ingest, a viewer shard behind, a write error."}, []string{"kind", "reason"}),
+		UDPDatagrams: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vitrine_udp_datagrams_sent_total", Help: "Datagrams sent on the WebRTC UDP socket (media, RTCP, DTLS, ICE, data channels)."}),
+		UDPSends: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vitrine_udp_send_calls_total", Help: "System calls that sent them (sendmmsg batches); datagrams / calls is the batch size."}),
+		UDPSendErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vitrine_udp_send_errors_total", Help: "Datagrams the kernel refused to send (dropped)."}),
 		NACKs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "vitrine_nacks_received_total", Help: "Lost packets viewers asked to be resent (NACKed sequence numbers)."}),
 		Retransmits: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -73,6 +82,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "vitrine_publish_sessions_total", Help: "Creator sessions started, by ingest protocol."}, []string{"protocol"}),
 	}
 	reg.MustRegister(m.StreamsLive, m.Viewers, m.PacketsIn, m.BytesIn, m.PacketsOut, m.BytesOut, m.Dropped,
+		m.UDPDatagrams, m.UDPSends, m.UDPSendErrors,
 		m.NACKs, m.Retransmits, m.PLIs, m.KeyframeRequests, m.BadRTCP, m.JoinSeconds, m.Publishers)
 	reg.MustRegister(newHealthCollector(m))
 	// Series an operator graphs or alerts on exist from the start, at 0.

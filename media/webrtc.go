@@ -47,6 +47,7 @@ type WebRTC struct {
 	publishAPI *webrtc.API
 	viewAPI    *webrtc.API
 	udp        *net.UDPConn
+	batch      *batchConn // udp with its writes batched
 	tcp        net.Listener
 	udpMux     ice.UDPMux
 	tcpMux     ice.TCPMux
@@ -72,8 +73,12 @@ func NewWebRTC(cfg WebRTCConfig, m *Metrics, log *slog.Logger) (*WebRTC, error) 
 		_ = w.udp.SetReadBuffer(cfg.SocketBuffer)
 		_ = w.udp.SetWriteBuffer(cfg.SocketBuffer)
 	}
+	if w.batch, err = newBatchConn(w.udp, m); err != nil {
+		w.udp.Close()
+		return nil, err
+	}
 	loggers := pionLoggers{log: log}
-	w.udpMux = webrtc.NewICEUDPMux(loggers.NewLogger("udpmux"), w.udp)
+	w.udpMux = webrtc.NewICEUDPMux(loggers.NewLogger("udpmux"), w.batch)
 
 	networks := []webrtc.NetworkType{webrtc.NetworkTypeUDP4, webrtc.NetworkTypeUDP6}
 	if cfg.TCPPort >= 0 {

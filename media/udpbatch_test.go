@@ -1,0 +1,139 @@
+package media
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// TestBatchConnDelivers sends from several goroutines at once (as the shards
+// do) to receivers on IPv4 and IPv6 loopback, through an IPv4 socket and a
+// dual-stack one: every datagram arrives intact, each writer's in order.
+func TestBatchConnDelivers(t *testing.T) {
+	for _, tc := range []struct{ name, listen, peer string }{
+		{"ipv4 socket", "127.0.0.1:0", "127.0.0.1:0"},
+		{"dual-stack socket, ipv4 peer", "[::]:0", "127.0.0.1:0"},
+		{"dual-stack socket, ipv6 peer", "[::]:0", "[::1]:0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pc, err := net.ListenPacket("udp", tc.listen)
+			if err != nil {
+				t.Skipf("no %s on this machine: %v", tc.listen, err)
+			}
+			reg := prometheus.NewRegistry()
+			m := NewMetrics(reg)
+			c, err := newBatchConn(pc.(*net.UDPConn), m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			rx, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(tc.peer)))
+			if err != nil {
+				t.Skipf("no %s on this machine: %v", tc.peer, err)
+			}
+			defer rx.Close()
+			_ = rx.SetReadBuffer(8 << 20)
+			to := rx.LocalAddr().(*net.UDPAddr).AddrPort()
+
+			const writers, each = 4, 500
+			var wg sync.WaitGroup
+			for w := range writers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					buf := make([]byte, 1200)
+					for i := range each {
+						binary.BigEndian.PutUint32(buf[0:], uint32(w))
+						binary.BigEndian.PutUint32(buf[4:], uint32(i))
+						buf[1199] = byte(i) // the end of the datagram too
+						if _, err := c.WriteToAddrPort(buf, to); err != nil {
+							t.Error(err)
+							return
+						}
+						if i%50 == 0 {
+							time.Sleep(time.Millisecond) // let the socket drain
+						}
+					}
+				}()
+			}
+			next := make([]int, writers)
+			buf := make([]byte, 2000)
+			_ = rx.SetReadDeadline(time.Now().Add(10 * time.Second))
+			for got := 0; got < writers*each; got++ {
+				n, err := rx.Read(buf)
+				if err != nil {
+					t.Fatalf("after %d datagrams: %v", got, err)
+				}
+				w, i := binary.BigEndian.Uint32(buf[0:]), int(binary.BigEndian.Uint32(buf[4:]))
+				if n != 1200 || buf[1199] != byte(i) {
+					t.Fatalf("datagram %d of writer %d: %d bytes, last byte %d", i, w, n, buf[1199])
+				}
+				if i != next[w] {
+					t.Fatalf("writer %d: got datagram %d, want %d (order kept per writer)", w, i, next[w])
+				}
+				next[w]++
+			}
+			wg.Wait()
+			sent, calls := counter(t, reg, "vitrine_udp_datagrams_sent_total"), counter(t, reg, "vitrine_udp_send_calls_total")
+			if sent != writers*each || calls < 1 || calls > sent {
+				t.Errorf("metrics: %v datagrams in %v calls, want %d datagrams", sent, calls, writers*each)
+			}
+			t.Logf("%v datagrams in %v system calls", sent, calls)
+		})
+	}
+}
+
+// TestBatchConnRefused: a datagram the socket cannot send (an IPv6 peer on
+// an IPv4 socket) is dropped and counted; the rest of its batch goes out.
+func TestBatchConnRefused(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	c, err := newBatchConn(pc.(*net.UDPConn), NewMetrics(reg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rx, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rx.Close()
+	to := rx.LocalAddr().(*net.UDPAddr).AddrPort()
+	bad := netip.MustParseAddrPort("[2001:db8::1]:9")
+	c.WriteToAddrPort([]byte("one"), to)
+	c.WriteToAddrPort([]byte("bad"), bad)
+	c.WriteToAddrPort([]byte("two"), to)
+	buf := make([]byte, 100)
+	_ = rx.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for _, want := range []string{"one", "two"} {
+		n, err := rx.Read(buf)
+		if err != nil || string(buf[:n]) != want {
+			t.Fatalf("got %q, %v; want %q", buf[:n], err, want)
+		}
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := counter(t, reg, "vitrine_udp_send_errors_total"); got != 1 {
+		t.Errorf("send errors %v, want 1", got)
+	}
+	if _, err := c.WriteToAddrPort([]byte("late"), to); err == nil {
+		t.Error("a write after Close succeeded")
+	}
+}
+
+func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	m, ok := sample(t, reg, name, nil)
+	if !ok {
+		t.Fatalf("no %s", name)
+	}
+	return m.GetCounter().GetValue()
+}
