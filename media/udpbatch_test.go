@@ -137,3 +137,58 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// BenchmarkUDPSend compares the two ways to send one datagram to each of
+// many viewers on loopback: a sendto per datagram (what pion's mux does on a
+// plain socket) and batchConn. ns/op is per datagram, allocs/op must be 0.
+// Receivers drain their sockets on other goroutines, so both sides of
+// loopback are in the figure, as they are in a load test.
+func BenchmarkUDPSend(b *testing.B) {
+	const viewers = 50
+	payload := make([]byte, 1200)
+	var to []netip.AddrPort
+	for range viewers {
+		rx, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { rx.Close() })
+		_ = rx.SetReadBuffer(4 << 20)
+		to = append(to, rx.LocalAddr().(*net.UDPAddr).AddrPort())
+		go func() {
+			buf := make([]byte, 2000)
+			for {
+				if _, err := rx.Read(buf); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	for _, mode := range []string{"sendto", "batched"} {
+		b.Run(mode, func(b *testing.B) {
+			pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			_ = pc.SetWriteBuffer(4 << 20)
+			write := pc.WriteToUDPAddrPort
+			if mode == "batched" {
+				c, err := newBatchConn(pc, NewMetrics(prometheus.NewRegistry()))
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer c.Close()
+				write = c.WriteToAddrPort
+			} else {
+				defer pc.Close()
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := write(payload, to[i%viewers]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
