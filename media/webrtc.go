@@ -146,6 +146,9 @@ func NewWebRTC(cfg WebRTCConfig, m *Metrics, log *slog.Logger) (*WebRTC, error) 
 		return nil, err
 	}
 	viewSettings := settings()
+	// Viewers' data channels are read by media (webrtc_view.go) with small
+	// buffers: pion's own read loop holds 64 KiB per channel.
+	viewSettings.DetachDataChannels()
 	w.viewAPI = webrtc.NewAPI(webrtc.WithMediaEngine(viewMedia),
 		webrtc.WithInterceptorRegistry(&interceptor.Registry{}), webrtc.WithSettingEngine(viewSettings))
 

@@ -6,9 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 
+	"github.com/pion/datachannel"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
 )
@@ -23,7 +25,7 @@ type Viewer struct {
 	tracks   []*DownTrack
 	hooks    ViewerHooks
 
-	channel   atomic.Pointer[webrtc.DataChannel]
+	channel   atomic.Pointer[datachannel.DataChannel]
 	closeOnce sync.Once
 	done      chan struct{}
 }
@@ -80,15 +82,19 @@ func (w *WebRTC) Watch(ctx context.Context, s *Stream, offer string, hooks Viewe
 	}
 	pc.OnDataChannel(func(dc *webrtc.DataChannel) {
 		dc.OnOpen(func() {
-			v.channel.Store(dc)
+			raw, err := dc.Detach()
+			if err != nil {
+				return
+			}
+			ch, ok := raw.(*datachannel.DataChannel)
+			if !ok {
+				return
+			}
+			v.channel.Store(ch)
 			if hooks.ChannelOpen != nil {
 				hooks.ChannelOpen(v)
 			}
-		})
-		dc.OnMessage(func(m webrtc.DataChannelMessage) {
-			if hooks.Message != nil {
-				hooks.Message(v, m.Data)
-			}
+			go v.readChannel(ch)
 		})
 	})
 	pc.OnConnectionStateChange(func(st webrtc.PeerConnectionState) {
@@ -134,7 +140,40 @@ func (v *Viewer) Send(msg []byte) error {
 	if dc == nil {
 		return ErrChannelNotOpen
 	}
-	return dc.SendText(string(msg))
+	_, err := dc.WriteDataChannel(msg, true)
+	return err
+}
+
+// Viewers' messages (buy, confirm) are a few hundred bytes. Data channels
+// are detached from pion so that each viewer's read loop holds a buffer of
+// this size rather than pion's 64 KiB; a longer message (which the overlay
+// refuses) is read into a buffer of the largest SCTP message pion accepts,
+// allocated for that message only.
+const (
+	channelBuffer     = 2 << 10
+	channelMaxMessage = 64 << 10
+)
+
+// readChannel hands each message the viewer sends to the Message hook, until
+// the channel closes. The message is not retained after the hook returns.
+func (v *Viewer) readChannel(dc *datachannel.DataChannel) {
+	buf := make([]byte, channelBuffer)
+	for {
+		msg := buf
+		n, _, err := dc.ReadDataChannel(msg)
+		if errors.Is(err, io.ErrShortBuffer) {
+			// The message is still queued; pion does not say its size.
+			msg = make([]byte, channelMaxMessage)
+			n, _, err = dc.ReadDataChannel(msg)
+		}
+		if err != nil {
+			_ = dc.Close()
+			return
+		}
+		if v.hooks.Message != nil {
+			v.hooks.Message(v, msg[:n])
+		}
+	}
 }
 
 // Done is closed when the viewer is gone.

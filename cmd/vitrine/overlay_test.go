@@ -207,6 +207,10 @@ func TestOverlayOnTheFrame(t *testing.T) {
 	late.dc.SendText(`{"type":"buy","sku":"sneaker-1","qty":-4,"key":"abcdefgh1"}`)
 	late.find(t, "error", func(m map[string]any) bool { return m["code"] == "bad_message" })
 	late.find(t, "error", func(m map[string]any) bool { return m["code"] == "invalid" })
+	// Too long (larger than the server's read buffer, too): refused, and
+	// the channel still carries the buy below.
+	late.dc.SendText(strings.Repeat("x", 10000))
+	late.find(t, "error", func(m map[string]any) bool { return m["code"] == "too_large" })
 
 	buyers := append(viewers, late, shop(t, api, base, "demo", "v4"))
 	results := map[string]int{}
