@@ -115,9 +115,16 @@ func (s *mmsgSender) address(n int, b *batch, i int) bool {
 
 // sendSome runs inside RawConn.Write: false asks the poller to wait until
 // the socket is writable again.
+//
+// It is a raw system call: the socket is non-blocking, so sendmmsg returns
+// as soon as the kernel has the datagrams (or EAGAIN), and the goroutine
+// keeps its P. Through syscall.Syscall6 a batch long enough for sysmon to
+// notice (tens of microseconds) had its P handed to another thread, a
+// thread switch per batch on a busy core: 7.8-8.3 against 6.6-7.6 us of
+// server CPU per delivered packet, 200 viewers, back to back.
 func (s *mmsgSender) sendSome(fd uintptr) bool {
 	for s.from < s.n {
-		sent, _, errno := syscall.Syscall6(sysSendmmsg, fd,
+		sent, _, errno := syscall.RawSyscall6(sysSendmmsg, fd,
 			uintptr(unsafe.Pointer(&s.msgs[s.from])), uintptr(s.n-s.from), 0, 0, 0)
 		s.calls++
 		switch {
