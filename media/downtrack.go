@@ -153,22 +153,28 @@ func (d *DownTrack) writePacket(p *Packet) bool {
 			return false
 		}
 	}
-	if d.needKeyframe {
-		if !p.Keyframe {
-			return false
-		}
-		d.needKeyframe = false
-	}
-	if !d.started {
-		d.started = true
-		d.track.metrics.JoinSeconds.WithLabelValues(d.track.kind.String()).Observe(time.Since(d.joined).Seconds())
+	if d.needKeyframe && !p.Keyframe {
+		return false
 	}
 	d.hdr = p.Header
 	d.hdr.SSRC = d.ssrc
 	d.hdr.PayloadType = d.pt
-	if _, err := d.writer.WriteRTP(&d.hdr, p.Payload); err != nil {
+	n, err := d.writer.WriteRTP(&d.hdr, p.Payload)
+	if err != nil {
 		d.track.metrics.dropped(d.track.kind, "write_error")
 		return false
+	}
+	if n == 0 {
+		// pion drops packets silently until the viewer's DTLS handshake
+		// has set up SRTP: nothing was sent, so the keyframe is still
+		// needed (before, a viewer lost the keyframe it had asked for and
+		// waited for the next one).
+		return false
+	}
+	d.needKeyframe = false
+	if !d.started {
+		d.started = true
+		d.track.metrics.JoinSeconds.WithLabelValues(d.track.kind.String()).Observe(time.Since(d.joined).Seconds())
 	}
 	d.packets.Add(1)
 	d.octets.Add(uint32(len(p.Payload)))

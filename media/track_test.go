@@ -20,9 +20,15 @@ type recorder struct {
 	payload [][]byte
 	n       atomic.Int64
 	keep    bool
+	notYet  atomic.Bool // drop silently, as pion does before SRTP is ready
+	tries   atomic.Int64
 }
 
 func (r *recorder) WriteRTP(h *rtp.Header, p []byte) (int, error) {
+	r.tries.Add(1)
+	if r.notYet.Load() {
+		return 0, nil
+	}
 	r.n.Add(1)
 	if r.keep {
 		r.mu.Lock()
@@ -103,6 +109,36 @@ func TestViewerStartsOnKeyframeAndGetsExactPayloads(t *testing.T) {
 	}
 	if hdrs[1].SequenceNumber != hdrs[0].SequenceNumber+1 || hdrs[1].Timestamp != hdrs[0].Timestamp+3000 {
 		t.Errorf("numbering not preserved: %+v then %+v", hdrs[0], hdrs[1])
+	}
+}
+
+// A keyframe written before the viewer's DTLS handshake is done never
+// reaches it (pion drops it and says 0 bytes): the viewer must still wait
+// for a keyframe, not start on the P-frames after it.
+func TestKeyframeBeforeTransportReadyIsNotCounted(t *testing.T) {
+	tr := testTrack(t, Video)
+	src := tr.NewSource(DefaultVideoCodec, nil)
+	w := &recorder{keep: true}
+	w.notYet.Store(true)
+	viewer(tr, 1234, w)
+	h := rtp.Header{SequenceNumber: 100, Timestamp: 9000, PayloadType: 96, SSRC: 5}
+	send := func(p []byte) {
+		if err := src.WriteRTP(&h, p); err != nil {
+			t.Fatal(err)
+		}
+		h.SequenceNumber++
+		h.Timestamp += 3000
+	}
+	send(idr) // dropped by the transport
+	waitFor(t, "the keyframe written", func() bool { return w.tries.Load() == 1 })
+	send(pSlice)
+	w.notYet.Store(false)
+	send(pSlice) // transport ready, but no keyframe yet
+	send(idr)
+	send(pSlice)
+	waitFor(t, "two packets", func() bool { return w.n.Load() == 2 })
+	if _, payloads := w.got(); !bytes.Equal(payloads[0], idr) {
+		t.Fatalf("the viewer started on %x, not on a keyframe", payloads[0])
 	}
 }
 

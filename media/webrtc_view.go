@@ -98,7 +98,13 @@ func (w *WebRTC) Watch(ctx context.Context, s *Stream, offer string, hooks Viewe
 		})
 	})
 	pc.OnConnectionStateChange(func(st webrtc.PeerConnectionState) {
-		if st == webrtc.PeerConnectionStateFailed || st == webrtc.PeerConnectionStateClosed {
+		switch st {
+		case webrtc.PeerConnectionStateConnected:
+			// The viewer can receive now: ask the creator for the keyframe
+			// it starts on (throttled per track). Asked any earlier, the
+			// keyframe may come before the viewer's DTLS handshake is done.
+			s.Video.RequestKeyframe()
+		case webrtc.PeerConnectionStateFailed, webrtc.PeerConnectionStateClosed:
 			v.Close()
 		}
 	})
@@ -114,7 +120,6 @@ func (w *WebRTC) Watch(ctx context.Context, s *Stream, offer string, hooks Viewe
 		v.Close()
 		return nil, "", fmt.Errorf("whep: %w", err)
 	}
-	s.Video.RequestKeyframe()
 	return v, ans, nil
 }
 
