@@ -34,6 +34,8 @@ func load(args []string, stdout, stderr io.Writer) error {
 	metricsToken := fs.String("metrics-token", "", "bearer token for the metrics URL (metrics.token)")
 	viewerKind := fs.String("viewer", "lite", "viewer implementation: lite (H.264 + Opus, cheapest per packet) or pion (a full PeerConnection, any codec)")
 	loopback := fs.Bool("loopback", false, "ICE on 127.0.0.1 only (server on this machine)")
+	localIP := fs.String("local-ip", "", "ICE on this one local IPv4 address only (publisher and viewers)")
+	nack := fs.Bool("nack", false, "lite viewers ask for lost video packets again (NACK, RTX) as browsers do, and report what came back")
 	asJSON := fs.Bool("json", false, "write the report as JSON")
 	cpuProfile := fs.String("cpuprofile", "", "write the load tool's own CPU profile to this file")
 	fs.Usage = func() {
@@ -49,7 +51,7 @@ func load(args []string, stdout, stderr io.Writer) error {
 	cfg := loadtest.Config{
 		Server: *server, Stream: *stream, Key: *key, Viewers: *viewers, Rate: *rate,
 		Duration: *duration, Interval: *interval, MetricsURL: *metrics, MetricsToken: *metricsToken,
-		Loopback: *loopback,
+		Loopback: *loopback, LocalIP: *localIP, NACK: *nack,
 		Progress: func(p loadtest.Progress) { printProgress(stderr, p) },
 	}
 	switch *viewerKind {

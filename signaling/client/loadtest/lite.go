@@ -27,6 +27,7 @@ import (
 	"github.com/pion/dtls/v3/pkg/crypto/selfsign"
 	"github.com/pion/ice/v4"
 	"github.com/pion/logging"
+	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/pion/sctp"
 	"github.com/pion/srtp/v3"
@@ -81,6 +82,16 @@ type liteSession struct {
 	remoteUfrag, remotePwd string
 	tieBreaker             uint64
 	videoPT, audioPT       uint8
+	rtxPT                  uint8 // 0: the server resends on the video SSRC, or not at all
+
+	// Loss recovery (with Config.NACK). The read loop owns nack, videoSSRC
+	// and rtcpBuf; probe is the last consent check sent, for its round trip.
+	nack      *nackState
+	ssrc      uint32 // ours, as the sender of NACKs
+	videoSSRC uint32
+	srtcp     atomic.Pointer[srtp.Context] // encrypts what we send
+	rtcpBuf   []byte
+	probe     atomic.Pointer[stunProbe]
 
 	iceOK   chan struct{} // closed when the server answered our check
 	iceOnce sync.Once
@@ -94,6 +105,13 @@ type liteSession struct {
 	dc    *datachannel.DataChannel
 }
 
+// stunProbe is a binding request in flight: the server's answer times the
+// round trip.
+type stunProbe struct {
+	id   [stun.TransactionIDSize]byte
+	sent int64 // ns since run start
+}
+
 func randomToken(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
@@ -104,8 +122,8 @@ func randomToken(n int) string {
 func (v *viewer) joinLite(ctx context.Context, endpoint string) error {
 	r := v.run
 	laddr := &net.UDPAddr{IP: net.IPv4zero}
-	if r.cfg.Loopback {
-		laddr.IP = net.IPv4(127, 0, 0, 1)
+	if r.localIP.IsValid() {
+		laddr.IP = r.localIP.AsSlice()
 	}
 	sock, err := net.ListenUDP("udp4", laddr)
 	if err != nil {
@@ -114,14 +132,19 @@ func (v *viewer) joinLite(ctx context.Context, endpoint string) error {
 	_ = sock.SetReadBuffer(256 << 10) // a few frames for every viewer
 	s := &liteSession{v: v, sock: sock, iceOK: make(chan struct{}), dtlsIn: make(chan []byte, 64), done: make(chan struct{}),
 		localUfrag: randomToken(16), localPwd: randomToken(32), videoPT: 102, audioPT: 111}
-	var tb [8]byte
+	var tb [12]byte
 	_, _ = rand.Read(tb[:])
 	s.tieBreaker = binary.BigEndian.Uint64(tb[:])
+	if r.cfg.NACK {
+		s.nack = &nackState{}
+		s.ssrc = binary.BigEndian.Uint32(tb[8:])
+		s.rtxPT = 103 // offered; the answer says whether the server takes it
+	}
 	v.mu.Lock()
 	v.lite = s
 	v.mu.Unlock()
 
-	hostIP, err := localIPFor(r.cfg.Server, r.cfg.Loopback)
+	hostIP, err := localIPFor(r.cfg.Server, r.localIP)
 	if err != nil {
 		return err
 	}
@@ -130,7 +153,7 @@ func (v *viewer) joinLite(ctx context.Context, endpoint string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.parseAnswer(answer, r.cfg.Loopback); err != nil {
+	if err := s.parseAnswer(answer, r.localIP.IsLoopback()); err != nil {
 		return err
 	}
 	if !v.startReader() {
@@ -199,6 +222,13 @@ func (v *viewer) joinLite(ctx context.Context, endpoint string) error {
 		return fmt.Errorf("SRTP: %w", err)
 	}
 	s.srtp.Store(sctx)
+	if s.nack != nil {
+		out, err := srtp.CreateContext(keys.Keys.LocalMasterKey, keys.Keys.LocalMasterSalt, keys.Profile)
+		if err != nil {
+			return fmt.Errorf("SRTCP: %w", err)
+		}
+		s.srtcp.Store(out)
+	}
 	v.connected.Store(true)
 
 	// The overlay channel: SCTP over the DTLS connection, then DCEP.
@@ -221,10 +251,10 @@ func (v *viewer) joinLite(ctx context.Context, endpoint string) error {
 }
 
 // localIPFor is the address the server can reach this machine on: the one
-// the kernel would send from towards it.
-func localIPFor(server string, loopback bool) (netip.Addr, error) {
-	if loopback {
-		return netip.AddrFrom4([4]byte{127, 0, 0, 1}), nil
+// the user chose, or the one the kernel would send from towards it.
+func localIPFor(server string, chosen netip.Addr) (netip.Addr, error) {
+	if chosen.IsValid() {
+		return chosen, nil
 	}
 	u, err := url.Parse(server)
 	if err != nil {
@@ -262,11 +292,20 @@ func (s *liteSession) offer(ip netip.Addr, port int, fingerprint string) string 
 			w("a=end-of-candidates")
 		}
 	}
-	media(0, fmt.Sprintf("m=video %d UDP/TLS/RTP/SAVPF %d", port, s.videoPT))
+	if s.nack == nil {
+		media(0, fmt.Sprintf("m=video %d UDP/TLS/RTP/SAVPF %d", port, s.videoPT))
+	} else {
+		media(0, fmt.Sprintf("m=video %d UDP/TLS/RTP/SAVPF %d %d", port, s.videoPT, s.rtxPT))
+	}
 	w("a=recvonly")
 	w("a=rtcp-mux")
 	w("a=rtpmap:%d H264/90000", s.videoPT)
 	w("a=fmtp:%d level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f", s.videoPT)
+	if s.nack != nil {
+		w("a=rtcp-fb:%d nack", s.videoPT)
+		w("a=rtpmap:%d rtx/90000", s.rtxPT)
+		w("a=fmtp:%d apt=%d", s.rtxPT, s.videoPT)
+	}
 	media(1, fmt.Sprintf("m=audio %d UDP/TLS/RTP/SAVPF %d", port, s.audioPT))
 	w("a=recvonly")
 	w("a=rtcp-mux")
@@ -314,6 +353,8 @@ func (s *liteSession) parseAnswer(answer string, loopback bool) error {
 	var best netip.AddrPort
 	var bestPrio uint64
 	section := ""
+	rtx := map[uint64]bool{} // video payload types that are RTX
+	apt := map[uint64]uint64{}
 	for line := range strings.Lines(answer) {
 		line = strings.TrimRight(line, "\r\n")
 		switch {
@@ -329,6 +370,18 @@ func (s *liteSession) parseAnswer(answer string, loopback bool) error {
 						s.audioPT = uint8(pt)
 					}
 				}
+			}
+		case section == "video" && strings.HasPrefix(line, "a=rtpmap:"):
+			pt, enc, _ := strings.Cut(strings.TrimPrefix(line, "a=rtpmap:"), " ")
+			if n, err := strconv.ParseUint(pt, 10, 7); err == nil && strings.HasPrefix(strings.ToLower(enc), "rtx/") {
+				rtx[n] = true
+			}
+		case section == "video" && strings.HasPrefix(line, "a=fmtp:"):
+			pt, params, _ := strings.Cut(strings.TrimPrefix(line, "a=fmtp:"), " ")
+			n, err := strconv.ParseUint(pt, 10, 7)
+			a, ok := strings.CutPrefix(params, "apt=")
+			if m, aerr := strconv.ParseUint(a, 10, 7); err == nil && ok && aerr == nil {
+				apt[n] = m
 			}
 		case strings.HasPrefix(line, "a=ice-ufrag:") && s.remoteUfrag == "":
 			s.remoteUfrag = strings.TrimPrefix(line, "a=ice-ufrag:")
@@ -348,6 +401,14 @@ func (s *liteSession) parseAnswer(answer string, loopback bool) error {
 			}
 			if !best.IsValid() || prio > bestPrio {
 				best, bestPrio = netip.AddrPortFrom(ip, uint16(port)), prio
+			}
+		}
+	}
+	if s.rtxPT != 0 {
+		s.rtxPT = 0
+		for pt := range rtx {
+			if apt[pt] == uint64(s.videoPT) {
+				s.rtxPT = uint8(pt)
 			}
 		}
 	}
@@ -384,6 +445,9 @@ func (s *liteSession) sendBindingRequest() error {
 		stun.NewShortTermIntegrity(s.remotePwd), stun.Fingerprint)
 	if err != nil {
 		return err
+	}
+	if s.nack != nil {
+		s.probe.Store(&stunProbe{id: m.TransactionID, sent: s.v.run.now()})
 	}
 	_, err = s.sock.WriteToUDPAddrPort(m.Raw, s.remote)
 	return err
@@ -447,12 +511,39 @@ func (s *liteSession) datagram(b []byte, from netip.AddrPort, now int64, dec []b
 		if payload == nil {
 			return
 		}
-		switch hdr.PayloadType {
-		case s.videoPT:
+		switch pt := hdr.PayloadType; {
+		case pt == s.videoPT:
 			s.v.packet(kindVideo, payload, seq, now, true)
-		case s.audioPT:
+			if s.nack != nil {
+				s.videoSSRC = hdr.SSRC
+				s.recover(seq, now)
+			}
+		case pt == s.audioPT:
 			s.v.packet(kindAudio, payload, seq, now, false)
+		case pt == s.rtxPT && pt != 0 && len(payload) >= 2:
+			// RFC 4588: the original sequence number, then the payload.
+			seq = binary.BigEndian.Uint16(payload)
+			s.v.packet(kindVideo, payload[2:], seq, now, true)
+			s.recover(seq, now)
 		}
+	}
+}
+
+// recover feeds a video sequence number to the loss recovery and asks the
+// server for what is missing.
+func (s *liteSession) recover(seq uint16, now int64) {
+	lost := s.nack.observe(seq, now)
+	ctx := s.srtcp.Load()
+	if len(lost) == 0 || ctx == nil || s.videoSSRC == 0 {
+		return
+	}
+	nack := rtcp.TransportLayerNack{SenderSSRC: s.ssrc, MediaSSRC: s.videoSSRC, Nacks: rtcp.NackPairsFromSequenceNumbers(lost)}
+	raw, err := nack.Marshal()
+	if err != nil {
+		return
+	}
+	if s.rtcpBuf, err = ctx.EncryptRTCP(s.rtcpBuf[:0], raw, nil); err == nil {
+		_, _ = s.sock.WriteToUDPAddrPort(s.rtcpBuf, s.remote)
 	}
 }
 
@@ -471,6 +562,9 @@ func (s *liteSession) handleSTUN(b []byte, from netip.AddrPort) {
 		}
 	case stun.BindingSuccess:
 		s.iceOnce.Do(func() { close(s.iceOK) })
+		if p := s.probe.Load(); p != nil && p.id == m.TransactionID && s.probe.CompareAndSwap(p, nil) {
+			s.nack.rtt(s.v.run.now() - p.sent)
+		}
 	}
 }
 

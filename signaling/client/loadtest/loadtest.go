@@ -15,6 +15,7 @@ import (
 	"hash/maphash"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -50,6 +51,14 @@ type Config struct {
 	MetricsToken string
 	// Loopback keeps ICE on 127.0.0.1 (tests on one machine).
 	Loopback bool
+	// LocalIP, when set, is the one local address ICE uses, for the
+	// publisher and the viewers (a machine with several, a server reached
+	// over one interface). Loopback is LocalIP 127.0.0.1.
+	LocalIP string
+	// NACK makes lite viewers ask for lost video packets again (RTCP NACK,
+	// answered with RTX) as browsers do, and count what came back. Without
+	// it a viewer's loss is the network's and the server's, unrepaired.
+	NACK bool
 	// PionViewers makes viewers full pion PeerConnections instead of lite
 	// viewers (see lite.go): any codec, but about as costly per packet as
 	// the server.
@@ -121,6 +130,7 @@ type run struct {
 	video [][]int32 // class of each payload, per frame
 	audio []int32
 
+	localIP   netip.Addr // invalid: any
 	viewAPI   *webrtc.API
 	lite      *liteIdentity // nil: pion viewers
 	viewersMu sync.Mutex
@@ -162,8 +172,21 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cfg.JoinTimeout = 15 * time.Second
 	}
 	r := &run{cfg: cfg, start: time.Now(), clip: cfg.Clip, pli: make(chan struct{}, 1)}
+	switch {
+	case cfg.Loopback && cfg.LocalIP != "":
+		return nil, errors.New("load: loopback and a local IP: choose one")
+	case cfg.Loopback:
+		r.localIP = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	case cfg.LocalIP != "":
+		if r.localIP, err = netip.ParseAddr(cfg.LocalIP); err != nil || !r.localIP.Is4() {
+			return nil, fmt.Errorf("load: local IP %q is not an IPv4 address", cfg.LocalIP)
+		}
+	}
+	if cfg.NACK && cfg.PionViewers {
+		return nil, errors.New("load: NACK is for lite viewers")
+	}
 	if cfg.PionViewers {
-		if r.viewAPI, err = viewerAPI(cfg.Loopback); err != nil {
+		if r.viewAPI, err = viewerAPI(r.localIP); err != nil {
 			return nil, err
 		}
 	} else if r.lite, err = newLiteIdentity(); err != nil {
@@ -185,7 +208,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
-		api, err := publisherAPI(cfg.Loopback, r.pli, &r.keyRequests)
+		api, err := publisherAPI(r.localIP, r.pli, &r.keyRequests)
 		if err != nil {
 			return nil, err
 		}
@@ -260,13 +283,17 @@ func cpuOf(d time.Duration, packets uint64) CPU {
 	return c
 }
 
-// settings are the ICE settings both sides share.
-func settings(loopback bool) webrtc.SettingEngine {
+// settings are the ICE settings both sides share: any address, or only
+// local (an IPv4 address).
+func settings(local netip.Addr) webrtc.SettingEngine {
 	var s webrtc.SettingEngine
 	s.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	if loopback {
-		s.SetIncludeLoopbackCandidate(true)
-		s.SetIPFilter(func(ip net.IP) bool { return ip.IsLoopback() })
+	if local.IsValid() {
+		s.SetIncludeLoopbackCandidate(local.IsLoopback())
+		s.SetIPFilter(func(ip net.IP) bool {
+			a, ok := netip.AddrFromSlice(ip)
+			return ok && a.Unmap() == local
+		})
 		s.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
 	}
 	return s
@@ -275,12 +302,12 @@ func settings(loopback bool) webrtc.SettingEngine {
 // viewerAPI has the codecs and nothing else: no NACK, no reports, no TWCC.
 // A load viewer only counts what arrives; every interceptor would be work
 // per packet the server does not have, and lost packets are what it measures.
-func viewerAPI(loopback bool) (*webrtc.API, error) {
+func viewerAPI(local netip.Addr) (*webrtc.API, error) {
 	m := &webrtc.MediaEngine{}
 	if err := m.RegisterDefaultCodecs(); err != nil {
 		return nil, err
 	}
-	s := settings(loopback)
+	s := settings(local)
 	s.DisableMediaEngineCopy(true) // one engine for all viewers: they never renegotiate
 	// Replays are not what a load viewer guards against; a repeated packet
 	// would show as received > expected instead.
@@ -292,7 +319,7 @@ func viewerAPI(loopback bool) (*webrtc.API, error) {
 
 // publisherAPI is a browser-like sender (NACK responder, reports, TWCC) that
 // also tells the send loop when the server asks for a keyframe.
-func publisherAPI(loopback bool, pli chan struct{}, count *atomic.Uint64) (*webrtc.API, error) {
+func publisherAPI(local netip.Addr, pli chan struct{}, count *atomic.Uint64) (*webrtc.API, error) {
 	m := &webrtc.MediaEngine{}
 	if err := m.RegisterDefaultCodecs(); err != nil {
 		return nil, err
@@ -302,7 +329,7 @@ func publisherAPI(loopback bool, pli chan struct{}, count *atomic.Uint64) (*webr
 		return nil, err
 	}
 	reg.Add(&keyframeWatch{pli: pli, count: count})
-	s := settings(loopback)
+	s := settings(local)
 	return webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(reg), webrtc.WithSettingEngine(s)), nil
 }
 

@@ -32,6 +32,8 @@ type Report struct {
 
 	Loss        Spread `json:"loss_per_viewer"`
 	BelowTarget int    `json:"viewers_below_99"` // viewers with delivery under 99%
+	// Recovery is what NACKs brought back (with Config.NACK).
+	Recovery *Recovery `json:"recovery,omitempty"`
 
 	JoinFirstPacket   Spread `json:"join_to_first_packet_ms"`
 	JoinFirstKeyframe Spread `json:"join_to_first_keyframe_ms"`
@@ -62,6 +64,16 @@ type Spread struct {
 	P95 float64 `json:"p95"`
 	P99 float64 `json:"p99"`
 	Max float64 `json:"max"`
+}
+
+// Recovery sums the lite viewers' loss recovery: video packets found
+// missing and asked for again, and how many of them arrived after all.
+type Recovery struct {
+	Asked      uint64 `json:"asked"`      // distinct sequence numbers NACKed
+	Requests   uint64 `json:"requests"`   // NACKed sequence numbers, repeats included
+	Recovered  uint64 `json:"recovered"`  // of Asked, arrived later
+	Duplicates uint64 `json:"duplicates"` // packets that came twice
+	RTT        Spread `json:"rtt_ms"`     // per viewer, from its ICE consent checks
 }
 
 // Overlay is what the data channels carried: cues the tool posted (one a
@@ -95,6 +107,11 @@ type ViewerReport struct {
 	KeyMS    float64 `json:"join_to_first_keyframe_ms"` // -1: none
 	Channel  bool    `json:"channel"`
 	Overlay  uint64  `json:"overlay_messages"`
+	// Loss recovery, with Config.NACK.
+	Asked      uint64  `json:"nack_asked,omitempty"`
+	Recovered  uint64  `json:"nack_recovered,omitempty"`
+	Duplicates uint64  `json:"duplicates,omitempty"`
+	RTTMS      float64 `json:"rtt_ms,omitempty"`
 }
 
 // Delivery is received/expected over both kinds: 0 when nothing arrived.
@@ -213,6 +230,10 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 	row("loss per viewer", "p50 %.3f%%  p99 %.3f%%  max %.3f%%", 100*r.Loss.P50, 100*r.Loss.P99, 100*r.Loss.Max)
 	row("viewers below 99%", "%d", r.BelowTarget)
+	if rc := r.Recovery; rc != nil {
+		row("loss recovery", "%d video packets asked for again (NACK), %d recovered, %d NACKed sequence numbers sent, %d duplicates; rtt p50 %.0f ms",
+			rc.Asked, rc.Recovered, rc.Requests, rc.Duplicates, rc.RTT.P50)
+	}
 	row("join to first packet", "p50 %.0f ms  p95 %.0f ms  p99 %.0f ms", r.JoinFirstPacket.P50, r.JoinFirstPacket.P95, r.JoinFirstPacket.P99)
 	row("join to first keyframe", "p50 %.0f ms  p95 %.0f ms  p99 %.0f ms", r.JoinFirstKeyframe.P50, r.JoinFirstKeyframe.P95, r.JoinFirstKeyframe.P99)
 	if r.Publish {

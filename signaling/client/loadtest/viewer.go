@@ -48,36 +48,70 @@ type viewer struct {
 // kindStats is what one track of a viewer received.
 type kindStats struct {
 	taken    atomic.Bool   // a reader owns it (one track per kind)
-	received atomic.Uint64 // packets
+	received atomic.Uint64 // distinct packets
 	firstOrd atomic.Uint64 // publisher's ordinal of the first packet, 0: none
 	seqSpan  atomic.Uint64 // highest - first extended sequence number + 1
 
 	foreign          uint64
+	duplicates       uint64 // packets that came twice (a retransmission and the original)
 	lat              histogram
 	gotFirst, gotKey bool
 
 	seqStarted     bool
 	seqFirst       uint64
 	seqMax, cycles uint64
+	seen           [seqWindow / 64]uint64 // bit i%seqWindow: extended sequence number i arrived
 }
 
+// seqWindow is how far back (in sequence numbers) a late packet is still
+// told apart from a repeated one: a few seconds of video.
+const seqWindow = 2048
+
 // seq tracks the extended sequence number range, to count what should have
-// arrived when the tool does not know what was sent.
-func (k *kindStats) seq(s uint16) {
+// arrived when the tool does not know what was sent, and reports whether s
+// is new: a packet that already arrived (a retransmission whose original
+// came too) is not counted twice.
+func (k *kindStats) seq(s uint16) bool {
 	if !k.seqStarted {
 		k.seqStarted, k.seqFirst, k.seqMax = true, uint64(s), uint64(s)
 		k.seqSpan.Store(1)
-		return
+		k.mark(k.seqMax)
+		return true
 	}
 	last := uint16(k.seqMax)
-	if int16(s-last) <= 0 {
-		return // late or repeated
+	if d := int16(s - last); d <= 0 {
+		back := uint64(-int32(d))
+		if back >= seqWindow || back > k.seqMax-k.seqFirst {
+			return false // too old to tell, or before the first
+		}
+		return k.mark(k.seqMax - back)
 	}
 	if s < last {
 		k.cycles += 1 << 16
 	}
-	k.seqMax = k.cycles | uint64(s)
+	next := k.cycles | uint64(s)
+	// Forget the bits of the window's lap before: what lies between is
+	// missing so far.
+	if next-k.seqMax >= seqWindow {
+		k.seen = [seqWindow / 64]uint64{}
+	} else {
+		for i := k.seqMax + 1; i <= next; i++ {
+			k.seen[i%seqWindow/64] &^= 1 << (i % 64)
+		}
+	}
+	k.seqMax = next
 	k.seqSpan.Store(k.seqMax - k.seqFirst + 1)
+	return k.mark(next)
+}
+
+// mark notes extended sequence number i as arrived; false if it already had.
+func (k *kindStats) mark(i uint64) bool {
+	w, bit := &k.seen[i%seqWindow/64], uint64(1)<<(i%64)
+	if *w&bit != 0 {
+		return false
+	}
+	*w |= bit
+	return true
 }
 
 // expected is how many packets of kind k the viewer should have had: what
@@ -208,8 +242,11 @@ func (v *viewer) read(t *webrtc.TrackRemote) {
 // goroutine at a time calls it for a kind.
 func (v *viewer) packet(k int, payload []byte, seq uint16, now int64, h264 bool) {
 	ks := &v.kinds[k]
+	if !ks.seq(seq) {
+		ks.duplicates++
+		return
+	}
 	ks.received.Add(1)
-	ks.seq(seq)
 	if !ks.gotFirst {
 		ks.gotFirst = true
 		v.firstPacket.CompareAndSwap(0, now)
@@ -233,6 +270,16 @@ func (v *viewer) packet(k int, payload []byte, seq uint16, now int64, h264 bool)
 		ks.firstOrd.Store(o)
 	}
 	ks.lat.add(now - log.times[k][o%ringSize].Load())
+}
+
+// nackState is the lite viewer's loss recovery, nil without one.
+func (v *viewer) nackState() *nackState {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.lite == nil {
+		return nil
+	}
+	return v.lite.nack
 }
 
 func (v *viewer) close() {
@@ -260,7 +307,10 @@ func (r *run) report() *Report {
 		rep.Sent = Packets{Video: r.log.sent[kindVideo].Load(), Audio: r.log.sent[kindAudio].Load()}
 	}
 	var lat histogram
-	var losses, firsts, keys []float64
+	var losses, firsts, keys, rtts []float64
+	if r.cfg.NACK {
+		rep.Recovery = &Recovery{}
+	}
 	for _, v := range r.viewers {
 		vr := ViewerReport{ID: v.id, FirstMS: -1, KeyMS: -1, Channel: v.channel.Load(), Overlay: v.overlay.Load()}
 		rep.Overlay.Messages += vr.Overlay
@@ -271,7 +321,21 @@ func (r *run) report() *Report {
 		vr.Expected = Packets{Video: v.expected(kindVideo), Audio: v.expected(kindAudio)}
 		for k := range v.kinds {
 			vr.Foreign += v.kinds[k].foreign
+			vr.Duplicates += v.kinds[k].duplicates
 			lat.merge(&v.kinds[k].lat)
+		}
+		if rc := rep.Recovery; rc != nil {
+			if n := v.nackState(); n != nil {
+				vr.Asked, vr.Recovered = n.asked, n.recovered
+				rc.Asked += n.asked
+				rc.Requests += n.requests
+				rc.Recovered += n.recovered
+				if n.srtt > 0 {
+					vr.RTTMS = ms(time.Duration(n.srtt))
+					rtts = append(rtts, vr.RTTMS)
+				}
+			}
+			rc.Duplicates += vr.Duplicates
 		}
 		if vr.Received.Total() == 0 && r.log != nil {
 			// Nothing arrived: everything sent since the offer was lost.
@@ -309,6 +373,9 @@ func (r *run) report() *Report {
 		rep.Viewers = append(rep.Viewers, vr)
 	}
 	rep.Loss = spreadOf(losses)
+	if rep.Recovery != nil {
+		rep.Recovery.RTT = spreadOf(rtts)
+	}
 	rep.JoinFirstPacket = spreadOf(firsts)
 	rep.JoinFirstKeyframe = spreadOf(keys)
 	rep.Latency = lat.spread()
