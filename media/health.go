@@ -176,7 +176,15 @@ func (c *healthCollector) collectStream(ch chan<- prometheus.Metric, s *Stream) 
 			counter(c.frames, in.frames, s.Name)
 			counter(c.keyframes, in.keyframes, s.Name)
 			counter(c.plis, t.plis.Load(), s.Name)
-			ch <- prometheus.MustNewConstMetric(c.keyInterval, prometheus.GaugeValue, in.keyInterval, s.Name)
+			// The creator's interval, also while viewers get a re-encode
+			// with keyframes on request.
+			key := in.keyInterval
+			if rv := s.ReaderVideo(); rv != t {
+				rv.mu.Lock()
+				key = rv.in.keyInterval
+				rv.mu.Unlock()
+			}
+			ch <- prometheus.MustNewConstMetric(c.keyInterval, prometheus.GaugeValue, key, s.Name)
 		}
 		if link.haveLoss[t.kind] {
 			ch <- prometheus.MustNewConstMetric(c.creatorLoss, prometheus.GaugeValue, link.loss[t.kind], s.Name, kind)

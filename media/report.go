@@ -114,31 +114,45 @@ func (s *Stream) Health(now time.Time) Health {
 			}{LossPercent: l.loss[Video] * 100, JitterMS: l.jitter[Video] * 1000, RTTMS: l.rtt * 1000}
 		}
 	}
-	transcoding, why := s.Transcoding()
-	h.Video.BFrames = transcoding
+	tc := s.Transcode()
+	h.Video.BFrames = tc.BFrames
 	h.Measured = haveVideo && haveAudio
-	if transcoding {
+	if tc.BFrames {
 		// Known from the first B slice: worth saying before rates exist.
 		h.Warnings = append(h.Warnings, Warning{Code: "bframes",
 			Message: "Your encoder sends B-frames, which browsers cannot play live: Vitrine re-encodes your video, which adds about 100 ms and costs server CPU.",
-			Fix:     why})
+			Fix:     tc.Reason})
+	}
+	if tc.LongGOP || (tc.On() && h.Video.KeyframeInterval > 3) {
+		// Known as soon as a keyframe is late: worth saying before rates exist.
+		what := fmt.Sprintf("Keyframe every %.0f s", h.Video.KeyframeInterval)
+		if h.Video.KeyframeInterval == 0 {
+			what = fmt.Sprintf("Your keyframes come more than %g s apart", s.opts.ReencodeKeyframesOver.Seconds())
+		}
+		h.Warnings = append(h.Warnings, Warning{Code: "keyframe_interval",
+			Message: what + ": so that viewers who join see you at once, Vitrine re-encodes your video, which adds about 50 ms and costs server CPU.",
+			Fix:     keyframeFix})
 	}
 	if h.State != StateLive || !h.Measured {
 		return h
 	}
-	h.Warnings = append(h.Warnings, warnings(h)...)
+	h.Warnings = append(h.Warnings, warnings(h, tc.On())...)
 	return h
 }
 
+const keyframeFix = "Set Keyframe Interval to 2 s in OBS > Settings > Output (Output Mode: Advanced) > Streaming."
+
 // warnings reads the figures of a live stream. Thresholds are those at which
 // viewers notice; fixes name the OBS setting (and the browser studio's).
-func warnings(h Health) []Warning {
+// reencoded: viewers get a re-encode, whose keyframes come on request (the
+// keyframe warning then is Health's).
+func warnings(h Health, reencoded bool) []Warning {
 	out := []Warning{}
 	add := func(code, msg, fix string) { out = append(out, Warning{Code: code, Message: msg, Fix: fix}) }
-	if k := h.Video.KeyframeInterval; k > 3 && !h.Video.KeyframesOnRequest {
+	if k := h.Video.KeyframeInterval; k > 3 && !h.Video.KeyframesOnRequest && !reencoded {
 		add("keyframe_interval",
 			fmt.Sprintf("Keyframe every %.0f s: viewers who join wait up to %.0f s to see you.", k, k),
-			"Set Keyframe Interval to 2 s in OBS > Settings > Output (Output Mode: Advanced) > Streaming.")
+			keyframeFix)
 	}
 	switch kbps := h.Video.BitrateBps / 1000; {
 	case kbps < 300:

@@ -17,7 +17,7 @@ func TestWarningsNameTheFix(t *testing.T) {
 		RTTMS       float64 `json:"rtt_ms,omitempty"`
 	}{LossPercent: 6, RTTMS: 450}
 	got := map[string]Warning{}
-	for _, w := range warnings(h) {
+	for _, w := range warnings(h, false) {
 		got[w.Code] = w
 	}
 	for _, code := range []string{"keyframe_interval", "bitrate_low", "fps_low", "no_audio", "packet_loss", "rtt_high"} {
@@ -32,7 +32,7 @@ func TestWarningsNameTheFix(t *testing.T) {
 	var fine Health
 	fine.Video.BitrateBps, fine.Video.FPS, fine.Video.KeyframeInterval = 2_500_000, 30, 2
 	fine.Audio.Present = true
-	if w := warnings(fine); len(w) != 0 {
+	if w := warnings(fine, false); len(w) != 0 {
 		t.Errorf("a healthy stream got warnings: %+v", w)
 	}
 }

@@ -46,6 +46,12 @@ type StreamOptions struct {
 	// new one without takeover (the creator reloaded the page or lost network
 	// before the old session timed out).
 	StaleAfter time.Duration
+	// ReencodeKeyframesOver: H.264 from an encoder that cannot be asked for
+	// a keyframe (RTMP, RTSP) whose keyframes come further apart than this
+	// is re-encoded for WebRTC viewers, with a keyframe whenever one joins;
+	// RTSP readers keep the original. 0: never (viewers wait for the
+	// encoder's next keyframe).
+	ReencodeKeyframesOver time.Duration
 }
 
 // Stream is one live channel: a video track, an audio track, one creator at
@@ -70,10 +76,9 @@ type Stream struct {
 	closed     bool
 
 	// Set while Video carries a re-encode of the creator's video (see
-	// SetTranscoding); original then carries the video as the creator sent it.
-	transcoding     bool
-	transcodeReason string
-	original        *Track
+	// SetTranscode); original then carries the video as the creator sent it.
+	transcode Transcode
+	original  *Track
 
 	notifyMu sync.Mutex // delivers state changes in order
 }
@@ -253,26 +258,51 @@ func (s *Stream) removeViewer(v *Viewer) {
 	}
 }
 
-// SetTranscoding says whether Video carries a re-encode of the creator's
-// video rather than the video as sent, and why (for the creator: what it
-// costs and which encoder setting removes it). An ingest sets it when it
-// starts re-encoding and clears it when its connection ends.
-func (s *Stream) SetTranscoding(on bool, reason string) {
+// Transcode says whether, and why, Video carries a re-encode of the
+// creator's video rather than the video as sent. The zero value: it does not.
+type Transcode struct {
+	// BFrames: H.264 with B-frames, which browsers cannot play over WebRTC.
+	BFrames bool
+	// LongGOP: keyframes further apart than ReencodeKeyframesOver; the
+	// re-encode makes one whenever a viewer joins.
+	LongGOP bool
+	// Reason is for the creator: what it costs and which encoder setting
+	// removes it.
+	Reason string
+}
+
+// On reports whether Video is a re-encode.
+func (tc Transcode) On() bool { return tc.BFrames || tc.LongGOP }
+
+// SetTranscode says whether Video carries a re-encode of the creator's video
+// and why. An ingest sets it when it starts re-encoding and clears it (the
+// zero Transcode) when its connection ends.
+func (s *Stream) SetTranscode(tc Transcode) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !on {
-		reason = ""
+	if !tc.On() {
+		tc = Transcode{}
 	}
-	s.transcoding, s.transcodeReason = on, reason
+	s.transcode = tc
+}
+
+// Transcode reports whether, and why, Video is a re-encode.
+func (s *Stream) Transcode() Transcode {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.transcode
 }
 
 // Transcoding reports whether Video is a re-encode of the creator's video
-// (H.264 with B-frames, which browsers cannot play over WebRTC) and why.
+// (H.264 with B-frames, which browsers cannot play over WebRTC, or with
+// keyframes too far apart) and why.
 func (s *Stream) Transcoding() (on bool, reason string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.transcoding, s.transcodeReason
+	tc := s.Transcode()
+	return tc.On(), tc.Reason
 }
+
+// Options are the stream's options, defaults filled in.
+func (s *Stream) Options() StreamOptions { return s.opts }
 
 // OriginalVideo is the track that carries the creator's video as sent while
 // Video carries a re-encode of it; an ingest that re-encodes writes the

@@ -38,6 +38,10 @@ type Config struct {
 		KeyframeInterval time.Duration `yaml:"keyframe_interval"`
 		StaleAfter       time.Duration `yaml:"stale_after"`
 		Takeover         bool          `yaml:"takeover"`
+		// ReencodeKeyframesOver: RTMP/RTSP H.264 whose keyframes come
+		// further apart is re-encoded for WebRTC viewers, who then get a
+		// keyframe as they join. 0 = never.
+		ReencodeKeyframesOver time.Duration `yaml:"reencode_keyframes_over"`
 	} `yaml:"streams"`
 
 	Commerce struct {
@@ -82,6 +86,7 @@ func defaultConfig() Config {
 	c.Streams.Grace = 10 * time.Second
 	c.Streams.KeyframeInterval = 500 * time.Millisecond
 	c.Streams.StaleAfter = 3 * time.Second
+	c.Streams.ReencodeKeyframesOver = 2 * time.Second
 	c.Commerce.ReservationTTL = 5 * time.Minute
 	c.CORS.AllowOrigins = []string{"*"}
 	c.Demo.Enabled = true
@@ -171,6 +176,9 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	}
 	if c.RTSP.Address == "off" {
 		c.RTSP.Address = ""
+	}
+	if c.Streams.ReencodeKeyframesOver < 0 {
+		return c, fmt.Errorf("streams.reencode_keyframes_over %s: want 0 (never) or a duration", c.Streams.ReencodeKeyframesOver)
 	}
 	if c.WebRTC.UDPPort < 0 || c.WebRTC.UDPPort > 65535 {
 		return c, fmt.Errorf("udp port %d out of range", c.WebRTC.UDPPort)

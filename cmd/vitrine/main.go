@@ -133,7 +133,8 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 		return nil, err
 	}
 	a.rtc = rtc
-	opts := media.StreamOptions{Grace: cfg.Streams.Grace, KeyframeInterval: cfg.Streams.KeyframeInterval, StaleAfter: cfg.Streams.StaleAfter}
+	opts := media.StreamOptions{Grace: cfg.Streams.Grace, KeyframeInterval: cfg.Streams.KeyframeInterval, StaleAfter: cfg.Streams.StaleAfter,
+		ReencodeKeyframesOver: cfg.Streams.ReencodeKeyframesOver}
 	a.streams, err = signaling.OpenStreams(filepath.Join(cfg.Data, "streams.json"), func(name string) *media.Stream {
 		return media.NewStream(name, opts, mm, log)
 	})

@@ -65,14 +65,29 @@ type Publisher struct {
 	audioSR    time.Time
 	transcoder *Transcoder
 
-	// H.264 with B-frames: Video gets the re-encode, and the video as sent
-	// goes to the stream's OriginalVideo track for RTSP readers.
+	// H.264 with B-frames, or with keyframes further apart than the
+	// stream's ReencodeKeyframesOver: Video gets a re-encode from a source
+	// of its own, which makes a keyframe whenever a viewer joins, and the
+	// video as sent goes to the stream's OriginalVideo track for RTSP
+	// readers.
 	videoCodec media.Codec
 	reencode   *VideoTranscoder
-	noEncoder  bool // ffmpeg missing: the video goes out as sent
+	transcode  media.Transcode
+	warming    bool // forwarding the video as sent until the re-encode has caught up
+	reencSrc   atomic.Pointer[media.Source]
+	reencEnc   *rtph264.Encoder // the transcoder's goroutine only
+	reencSR    time.Time        // the transcoder's goroutine only
+	noEncoder  bool             // ffmpeg missing: the video goes out as sent
 	original   *media.Source
 	origEnc    *rtph264.Encoder
 	origSR     time.Time
+
+	// The source's current group of pictures, kept while the video goes
+	// out as sent, for a re-encode to start from at once.
+	gop      []BacklogFrame
+	gopBytes int
+	lastIDR  time.Duration
+	haveIDR  bool
 
 	catchUp catchUp
 
@@ -148,7 +163,10 @@ func (p *Publisher) End(ended bool) {
 		if p.reencode != nil {
 			p.reencode.Close()
 			p.original.End()
-			p.cfg.Stream.SetTranscoding(false, "")
+			if src := p.reencSrc.Load(); src != nil {
+				src.End()
+			}
+			p.cfg.Stream.SetTranscode(media.Transcode{})
 			p.cfg.Metrics.VideoTranscodes.DeleteLabelValues(p.cfg.Stream.Name)
 		}
 		if p.video != nil {
@@ -215,9 +233,6 @@ func (p *Publisher) WriteH264(pts time.Duration, au [][]byte) error {
 		return errors.New("ingest: video not started")
 	}
 	now, fresh := p.arrive(pts)
-	if !fresh {
-		return nil
-	}
 	out := make([][]byte, 0, len(au)+2)
 	idr, hasSPS, hasPPS := false, false, false
 	for _, n := range au {
@@ -242,19 +257,85 @@ func (p *Publisher) WriteH264(pts time.Duration, au [][]byte) error {
 	if idr && !(hasSPS && hasPPS) && p.sps != nil && p.pps != nil {
 		out = append([][]byte{p.sps, p.pps}, out...)
 	}
-	if p.reencode == nil && !p.noEncoder && hasBSlice(out) {
-		p.startReencode()
+	if idr {
+		p.lastIDR, p.haveIDR = pts, true
+	}
+	if !fresh {
+		// The start-up backlog does not go to viewers, but a re-encode
+		// can start from its keyframe: with keyframes far apart, the next
+		// may be many seconds away.
+		p.keepGOP(out, pts, idr)
+		return nil
+	}
+	bslice := (p.reencode == nil || !p.transcode.BFrames) && !p.noEncoder && hasBSlice(out)
+	if p.reencode == nil && !p.noEncoder {
+		over := p.cfg.Stream.Options().ReencodeKeyframesOver
+		switch {
+		case bslice:
+			p.startReencode(media.Transcode{BFrames: true, Reason: bframesAdvice})
+		case over > 0 && p.haveIDR && pts-p.lastIDR > over:
+			p.startReencode(media.Transcode{LongGOP: true, Reason: keyframesAdvice(over)})
+		}
+	} else if bslice {
+		// B-frames after a re-encode for long keyframe intervals started:
+		// they must not reach viewers as sent.
+		p.transcode.BFrames, p.transcode.Reason = true, bframesAdvice
+		p.cfg.Stream.SetTranscode(p.transcode)
+		p.cfg.Log.Warn("video re-encoded for WebRTC viewers: " + bframesAdvice)
 	}
 	if p.reencode != nil {
+		if p.warming && (p.transcode.BFrames || p.reencode.Ready()) {
+			p.startReencodedOutput()
+		}
 		p.reencode.Write(out, pts, idr)
-		return p.writeOriginal(now, pts, out)
+		err := p.writeOriginal(now, pts, out)
+		if p.warming {
+			p.forward(now, pts, out)
+		}
+		return err
 	}
-	pkts, err := p.h264.Encode(out)
+	p.keepGOP(out, pts, idr)
+	return p.forward(now, pts, out)
+}
+
+// forward sends an access unit as it came to WebRTC viewers.
+func (p *Publisher) forward(now time.Time, pts time.Duration, au [][]byte) error {
+	pkts, err := p.h264.Encode(au)
 	if err != nil {
 		return fmt.Errorf("ingest: packetize H.264: %w", err)
 	}
 	p.writeVideo(now, pts, pkts)
 	return nil
+}
+
+// keepGOP remembers the access units since the source's last keyframe
+// (bounded like the transcoder's), so that a re-encode, for B-frames or a
+// long keyframe interval, starts from it at once.
+func (p *Publisher) keepGOP(au [][]byte, pts time.Duration, idr bool) {
+	if p.noEncoder {
+		return
+	}
+	if idr {
+		clear(p.gop)
+		p.gop, p.gopBytes = p.gop[:0], 0
+	} else if len(p.gop) == 0 {
+		return // no keyframe yet: nothing to start from
+	}
+	size := 0
+	for _, n := range au {
+		size += len(n)
+	}
+	if len(p.gop) >= maxGOPFrames || p.gopBytes+size > maxGOPBytes {
+		clear(p.gop)
+		p.gop, p.gopBytes = p.gop[:0], 0
+		return
+	}
+	frame := BacklogFrame{AU: make([][]byte, len(au)), PTS: pts, IDR: idr}
+	for i, n := range au {
+		frame.AU[i] = clone(n)
+	}
+	p.gop = append(p.gop, frame)
+	p.gopBytes += size
 }
 
 // bframesAdvice is what the creator is told, once, when their H.264 has
@@ -264,35 +345,100 @@ const bframesAdvice = "the encoder sends H.264 with B-frames, which browsers can
 	"Settings > Output > Output Mode: Advanced > Streaming: set Profile to baseline, or keep main/high and " +
 	"set x264 Options to bframes=0 (or Tune: zerolatency); with a hardware encoder set Max B-frames to 0"
 
-// startReencode switches the stream's WebRTC video to a re-encode without
-// B-frames; the video as sent goes on to RTSP readers.
-func (p *Publisher) startReencode() {
+// keyframesAdvice is what the creator is told, once, when their keyframes
+// come too far apart.
+func keyframesAdvice(over time.Duration) string {
+	return fmt.Sprintf("the encoder sends keyframes more than %g s apart and cannot be asked for one when a viewer joins, "+
+		"so the server re-encodes the video to give each new viewer a keyframe at once (about 50 ms more delay, more server CPU). "+
+		"To remove the re-encode in OBS: Settings > Output > Output Mode: Advanced > Streaming: set Keyframe Interval to 2 s "+
+		"(or 1 s); with a hardware encoder or a camera set its GOP or I-frame interval to 2 s or less", over.Seconds())
+}
+
+// startReencode starts re-encoding the stream's WebRTC video, fed first the
+// current group of pictures; the video as sent goes on to RTSP readers. For
+// B-frames, viewers get the re-encode at once; for long keyframe
+// intervals, the video as sent goes on to them until the re-encode has
+// caught up, then they switch at one of its keyframes (startReencodedOutput).
+func (p *Publisher) startReencode(why media.Transcode) {
 	if _, err := exec.LookPath(cmp.Or(p.cfg.FFmpeg, "ffmpeg")); err != nil {
 		p.noEncoder = true
-		p.cfg.Log.Error("H.264 with B-frames and no ffmpeg (with libx264) to re-encode it: WebRTC viewers get the video as sent and browsers may show nothing; install Debian's ffmpeg",
-			"err", err)
+		p.gop, p.gopBytes = nil, 0
+		what := "H.264 with B-frames and no ffmpeg (with libx264) to re-encode it: WebRTC viewers get the video as sent and browsers may show nothing; install Debian's ffmpeg"
+		if !why.BFrames {
+			what = "keyframes far apart and no ffmpeg (with libx264) to re-encode the video: viewers who join wait for the encoder's next keyframe; install Debian's ffmpeg"
+		}
+		p.cfg.Log.Error(what, "err", err)
 		return
 	}
 	p.origEnc = &rtph264.Encoder{PayloadType: 96, PayloadMaxSize: 1200, PacketizationMode: 1,
 		SSRC: new(uint32), InitialSequenceNumber: new(uint16)}
-	if err := p.origEnc.Init(); err != nil {
+	p.reencEnc = &rtph264.Encoder{PayloadType: 96, PayloadMaxSize: 1200, PacketizationMode: 1,
+		SSRC: new(uint32), InitialSequenceNumber: new(uint16)}
+	if p.origEnc.Init() != nil || p.reencEnc.Init() != nil {
 		p.noEncoder = true
 		return
 	}
+	backlog := p.gop
+	p.gop, p.gopBytes = nil, 0
 	p.original = p.cfg.Stream.OriginalVideo().NewSource(p.videoCodec, nil)
-	p.cfg.Stream.SetTranscoding(true, bframesAdvice)
+	// RTSP readers and the health report start at the keyframe.
+	for _, f := range backlog {
+		_ = p.writeOriginal(time.Now(), f.PTS, f.AU)
+	}
+	p.transcode = why
+	p.cfg.Stream.SetTranscode(why)
 	p.cfg.Metrics.VideoTranscodes.WithLabelValues(p.cfg.Stream.Name).Set(1)
-	p.cfg.Log.Warn("video re-encoded for WebRTC viewers: "+bframesAdvice, "stream", p.cfg.Stream.Name)
-	// From here on, only the transcoder's goroutine uses p.h264 and p.video.
+	p.cfg.Log.Warn("video re-encoded for WebRTC viewers: " + why.Reason)
+	profile, level := x264Profile(p.sps)
 	p.reencode = NewVideoTranscoder(VideoTranscoderConfig{FFmpeg: p.cfg.FFmpeg, Metrics: p.cfg.Metrics,
 		Protocol: p.cfg.Protocol, Log: p.cfg.Log.With("transcoder", "h264-reencode"),
+		Profile: profile, Level: level, Hold: true, Backlog: backlog,
 		Frame: func(au [][]byte, pts time.Duration, _ time.Time) {
-			pkts, err := p.h264.Encode(au)
+			src := p.reencSrc.Load()
+			if src == nil {
+				return
+			}
+			pkts, err := p.reencEnc.Encode(au)
 			if err != nil {
 				return
 			}
-			p.writeVideo(time.Now(), pts, pkts)
+			p.writeVideoTo(src, &p.reencSR, time.Now(), pts, pkts)
 		}})
+	p.warming = true
+	if why.BFrames {
+		p.startReencodedOutput()
+	}
+}
+
+// startReencodedOutput switches WebRTC viewers to the re-encode from the next
+// frame on: a new source of the Video track, so that viewers start it at its
+// first keyframe, which the transcoder makes of that frame. Viewers see no
+// gap but the transcoder's delay, once.
+func (p *Publisher) startReencodedOutput() {
+	p.warming = false
+	src := p.cfg.Stream.Video.NewSource(p.videoCodec, p.reencode.RequestKeyframe)
+	p.reencSrc.Store(src)
+	p.reencode.StartOutput()
+}
+
+// x264Profile names the profile and level of an SPS for libx264, so that the
+// re-encode keeps the format viewers negotiated.
+func x264Profile(sps []byte) (profile, level string) {
+	if len(sps) < 4 {
+		return "", ""
+	}
+	switch sps[1] {
+	case 66:
+		profile = "baseline"
+	case 77:
+		profile = "main"
+	case 100:
+		profile = "high"
+	}
+	if l := sps[3]; l >= 10 && l <= 62 {
+		level = fmt.Sprintf("%d.%d", l/10, l%10)
+	}
+	return profile, level
 }
 
 // writeOriginal sends an access unit as the creator sent it to the stream's
@@ -317,21 +463,25 @@ func (p *Publisher) writeOriginal(now time.Time, pts time.Duration, au [][]byte)
 	return nil
 }
 
-// writeVideo sends one frame's packets, stamped with pts on the 90 kHz
-// clock, and keeps the track's clock mapping current.
+// writeVideo sends one frame's packets as they came, stamped with pts on
+// the 90 kHz clock, and keeps the track's clock mapping current.
 func (p *Publisher) writeVideo(now time.Time, pts time.Duration, pkts []*rtp.Packet) {
+	p.writeVideoTo(p.video, &p.videoSR, now, pts, pkts)
+}
+
+func (p *Publisher) writeVideoTo(src *media.Source, lastSR *time.Time, now time.Time, pts time.Duration, pkts []*rtp.Packet) {
 	ts := rtpTime(pts, 90000)
 	for _, pkt := range pkts {
 		pkt.Timestamp = ts
-		if err := p.video.WriteRTP(&pkt.Header, pkt.Payload); err != nil {
+		if err := src.WriteRTP(&pkt.Header, pkt.Payload); err != nil {
 			return // replaced or oversize: the track counts it
 		}
 	}
 	p.videoOut.Inc()
-	if now.Sub(p.videoSR) > time.Second || p.clock.changed(&p.videoSR) {
-		p.videoSR = now
+	if now.Sub(*lastSR) > time.Second || p.clock.changed(lastSR) {
+		*lastSR = now
 		t := p.clock.wall(pts)
-		p.video.SenderReport(t, t, ts)
+		src.SenderReport(t, t, ts)
 	}
 }
 

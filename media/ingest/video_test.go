@@ -28,11 +28,18 @@ type h264AU struct {
 // its access units in decode order with their presentation times.
 func h264Clip(t testing.TB, size string, seconds int, bframes int) []h264AU {
 	t.Helper()
+	return h264ClipGOP(t, size, seconds, bframes, 60)
+}
+
+// h264ClipGOP is h264Clip with a keyframe every gop frames.
+func h264ClipGOP(t testing.TB, size string, seconds, bframes, gop int) []h264AU {
+	t.Helper()
 	ts := filepath.Join(t.TempDir(), "clip.ts")
 	out, err := exec.Command("ffmpeg", "-hide_banner", "-loglevel", "error",
 		"-f", "lavfi", "-i", "testsrc2=size="+size+":rate=30", "-t", strconv.Itoa(seconds),
 		"-c:v", "libx264", "-preset", "veryfast", "-profile:v", "high", "-bf", strconv.Itoa(bframes),
-		"-g", "60", "-b:v", "2500k", "-maxrate", "2500k", "-bufsize", "5000k", "-pix_fmt", "yuv420p",
+		"-g", strconv.Itoa(gop), "-keyint_min", strconv.Itoa(gop), "-sc_threshold", "0",
+		"-b:v", "2500k", "-maxrate", "2500k", "-bufsize", "5000k", "-pix_fmt", "yuv420p",
 		"-x264-params", "aud=1", ts).CombinedOutput()
 	if err != nil {
 		t.Fatalf("ffmpeg (the README's test command installs it): %v %s", err, out)
@@ -95,6 +102,7 @@ func TestHasBSlice(t *testing.T) {
 type videoOut struct {
 	mu      sync.Mutex
 	pts     []time.Duration
+	idr     []bool
 	latency []time.Duration
 	bSlices int
 }
@@ -107,6 +115,24 @@ func (o *videoOut) frame(au [][]byte, pts time.Duration, fedAt time.Time) {
 	if hasBSlice(au) {
 		o.bSlices++
 	}
+	idr := false
+	for _, n := range au {
+		idr = idr || n[0]&0x1f == nalIDR
+	}
+	o.idr = append(o.idr, idr)
+}
+
+// keyframes lists the presentation times of the IDRs out.
+func (o *videoOut) keyframes() []time.Duration {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []time.Duration
+	for i, k := range o.idr {
+		if k {
+			out = append(out, o.pts[i])
+		}
+	}
+	return out
 }
 
 func (o *videoOut) count() int {
@@ -116,9 +142,14 @@ func (o *videoOut) count() int {
 }
 
 func newTestVideoTranscoder(t testing.TB, ffmpeg string, out *videoOut) (*VideoTranscoder, *Metrics) {
+	return newTestVideoTranscoderWith(t, VideoTranscoderConfig{FFmpeg: ffmpeg}, out)
+}
+
+func newTestVideoTranscoderWith(t testing.TB, cfg VideoTranscoderConfig, out *videoOut) (*VideoTranscoder, *Metrics) {
 	m := NewMetrics(prometheus.NewRegistry())
-	tr := NewVideoTranscoder(VideoTranscoderConfig{FFmpeg: ffmpeg, Frame: out.frame, Metrics: m, Protocol: "test",
-		Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	cfg.Frame, cfg.Metrics, cfg.Protocol = out.frame, m, "test"
+	cfg.Log = slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	tr := NewVideoTranscoder(cfg)
 	t.Cleanup(tr.Close)
 	return tr, m
 }
@@ -210,4 +241,94 @@ func TestVideoTranscoderCost(t *testing.T) {
 		wall.Round(time.Millisecond), 100*cpu.Seconds()/wall.Seconds(), rss,
 		lat[len(lat)/2].Round(100*time.Microsecond), lat[len(lat)*95/100].Round(100*time.Microsecond),
 		lat[len(lat)-1].Round(100*time.Microsecond), len(lat))
+}
+
+// TestVideoTranscoderKeyframeOnRequest: asked for a keyframe, the transcoder
+// makes the next reference frame fed an IDR out, with or without B-frames
+// in the source, and makes none unasked between the source's keyframes.
+func TestVideoTranscoderKeyframeOnRequest(t *testing.T) {
+	for _, bf := range []int{0, 2} {
+		t.Run("bframes="+strconv.Itoa(bf), func(t *testing.T) {
+			aus := h264ClipGOP(t, "320x240", 4, bf, 300) // one keyframe, at 0
+			out := &videoOut{}
+			tr, _ := newTestVideoTranscoder(t, "", out)
+			eventually(t, "ffmpeg running", 5*time.Second, tr.Running)
+			asked := map[int]bool{40: true, 85: true}
+			start := time.Now()
+			for i, au := range aus {
+				if asked[i] {
+					tr.RequestKeyframe()
+				}
+				tr.Write(au.nalus, au.pts, au.idr)
+				time.Sleep(time.Until(start.Add(time.Duration(i+1) * time.Second / 30)))
+			}
+			eventually(t, "frames out", 3*time.Second, func() bool { return out.count() >= len(aus)-3 })
+			keys := out.keyframes()
+			if len(keys) != 3 || keys[0] != aus[0].pts {
+				t.Fatalf("IDRs out at %v, want at %v and soon after frames 40 and 85 (%v, %v)", keys, aus[0].pts, aus[40].pts, aus[85].pts)
+			}
+			for j, i := range []int{40, 85} {
+				// The frame asked at, or a reference frame fed just after it
+				// (a B-frame may be presented a frame or two earlier).
+				if d := keys[j+1] - aus[i].pts; d < -100*time.Millisecond || d > 200*time.Millisecond {
+					t.Errorf("IDR for the request at frame %d (pts %v) out at pts %v", i, aus[i].pts, keys[j+1])
+				}
+			}
+			out.mu.Lock()
+			defer out.mu.Unlock()
+			if out.bSlices > 0 {
+				t.Errorf("%d frames out with B slices", out.bSlices)
+			}
+			for i := 1; i < len(out.pts); i++ {
+				if out.pts[i] <= out.pts[i-1] {
+					t.Fatalf("frame %d out at %v after %v", i, out.pts[i], out.pts[i-1])
+				}
+			}
+		})
+	}
+}
+
+// TestVideoTranscoderBacklog: a transcoder started mid-way through a long
+// group of pictures, fed that group first and held, gives nothing out until
+// told, then starts with an IDR at the very next frame written, and every
+// frame after it in order.
+func TestVideoTranscoderBacklog(t *testing.T) {
+	aus := h264ClipGOP(t, "320x240", 5, 0, 300) // one keyframe, at 0
+	var backlog []BacklogFrame
+	for _, au := range aus[:60] {
+		backlog = append(backlog, BacklogFrame{AU: au.nalus, PTS: au.pts, IDR: au.idr})
+	}
+	out := &videoOut{}
+	tr, _ := newTestVideoTranscoderWith(t, VideoTranscoderConfig{Hold: true, Backlog: backlog}, out)
+	start := time.Now()
+	const switchAt = 100
+	for i := 60; i < len(aus); i++ {
+		if i == switchAt {
+			if !tr.Ready() {
+				t.Fatal("not caught up after 40 frames")
+			}
+			if n := out.count(); n != 0 {
+				t.Fatalf("%d frames out before StartOutput", n)
+			}
+			tr.StartOutput()
+		}
+		tr.Write(aus[i].nalus, aus[i].pts, aus[i].idr)
+		time.Sleep(time.Until(start.Add(time.Duration(i-59) * time.Second / 30)))
+	}
+	eventually(t, "frames out", 3*time.Second, func() bool { return out.count() >= len(aus)-switchAt-2 })
+	out.mu.Lock()
+	defer out.mu.Unlock()
+	if out.pts[0] != aus[switchAt].pts || !out.idr[0] {
+		t.Fatalf("first frame out at %v (IDR %v), want an IDR at %v", out.pts[0], out.idr[0], aus[switchAt].pts)
+	}
+	for i := 1; i < len(out.pts); i++ {
+		if out.pts[i] != aus[switchAt+i].pts {
+			t.Fatalf("frame %d out at %v, want %v", i, out.pts[i], aus[switchAt+i].pts)
+		}
+		if out.idr[i] {
+			t.Errorf("unasked IDR out at %v", out.pts[i])
+		}
+	}
+	slices.Sort(out.latency)
+	t.Logf("%d frames out from the switch on; frame in to out p50 %s", len(out.pts), out.latency[len(out.latency)/2].Round(100*time.Microsecond))
 }
