@@ -12,6 +12,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v promtool >/dev/null || need+=(prometheus)
 [[ -x /usr/bin/chromium ]] || need+=(chromium)
 command -v npm >/dev/null || need+=(nodejs npm)
+command -v ip >/dev/null || need+=(iproute2)
 if ((${#need[@]})); then
 	sudo=""
 	[[ $(id -u) -eq 0 ]] || sudo=sudo
