@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -447,6 +448,28 @@ func checkSlow(t *testing.T, base string, rep *loadtest.Report, link *impairedLi
 	if video > 0.01 {
 		t.Errorf("slow viewer lost %.2f%% of the video after recovery", 100*video)
 	}
+}
+
+// TestHoldImpairedLink is a tool, not a test: with VITRINE_HOLD_LINK=1 it
+// makes the slow viewer's link as TestSlowViewerIsolation does, prints its
+// namespace and addresses, and holds it until interrupted, so that the
+// figures of docs/benchmarks.md can be taken with the real binary:
+//
+//	go test -c -o vitrine.test ./cmd/vitrine
+//	VITRINE_HOLD_LINK=1 ./vitrine.test -test.run '^TestHoldImpairedLink$' -test.v -test.timeout 0
+func TestHoldImpairedLink(t *testing.T) {
+	if os.Getenv("VITRINE_HOLD_LINK") == "" {
+		t.Skip("a tool: VITRINE_HOLD_LINK=1 holds an impaired link until interrupted")
+	}
+	link := newImpairedLink(t, 200*time.Millisecond, 0.05)
+	fmt.Printf("namespace %s: this side %s, the namespace's side %s (200 ms, 5%% loss each way); Ctrl-C removes it\n",
+		link.ns, link.hostIP, link.nsIP)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	<-ctx.Done()
+	fmt.Printf("the link dropped %d of %d packets into the namespace, %d of %d out of it\n",
+		link.toNS.dropped.Load(), link.toNS.dropped.Load()+link.toNS.passed.Load(),
+		link.fromNS.dropped.Load(), link.fromNS.dropped.Load()+link.fromNS.passed.Load())
 }
 
 // impairedLink is a network namespace joined to this one by a pair of TUN
