@@ -105,6 +105,7 @@ type videoOut struct {
 	idr     []bool
 	latency []time.Duration
 	bSlices int
+	bytes   int
 }
 
 func (o *videoOut) frame(au [][]byte, pts time.Duration, fedAt time.Time) {
@@ -118,6 +119,7 @@ func (o *videoOut) frame(au [][]byte, pts time.Duration, fedAt time.Time) {
 	idr := false
 	for _, n := range au {
 		idr = idr || n[0]&0x1f == nalIDR
+		o.bytes += len(n)
 	}
 	o.idr = append(o.idr, idr)
 }
@@ -214,33 +216,53 @@ func TestVideoTranscoderRestarts(t *testing.T) {
 // TestVideoTranscoderCost reports the CPU one re-encoded 720p30 stream costs
 // and the delay it adds (frame in to frame out), over
 // VITRINE_TRANSCODE_SECONDS of video (4 by default; docs/benchmarks.md
-// uses 30).
+// uses 30). The source has B-frames and a keyframe every 2 s unless
+// VITRINE_TRANSCODE_BFRAMES and VITRINE_TRANSCODE_GOP (frames) say
+// otherwise; VITRINE_TRANSCODE_JOIN_EVERY (a duration) asks for a keyframe
+// that often, as joining viewers do.
 func TestVideoTranscoderCost(t *testing.T) {
-	seconds := 4
+	seconds, bframes, gop := 4, 2, 60
 	if s, err := strconv.Atoi(os.Getenv("VITRINE_TRANSCODE_SECONDS")); err == nil && s > 0 {
 		seconds = s
 	}
-	aus := h264Clip(t, "1280x720", seconds, 2)
+	if s, err := strconv.Atoi(os.Getenv("VITRINE_TRANSCODE_BFRAMES")); err == nil && s >= 0 {
+		bframes = s
+	}
+	if s, err := strconv.Atoi(os.Getenv("VITRINE_TRANSCODE_GOP")); err == nil && s > 0 {
+		gop = s
+	}
+	joinEvery, _ := time.ParseDuration(os.Getenv("VITRINE_TRANSCODE_JOIN_EVERY"))
+	aus := h264ClipGOP(t, "1280x720", seconds, bframes, gop)
 	out := &videoOut{}
 	tr, _ := newTestVideoTranscoder(t, "", out)
 	eventually(t, "ffmpeg running", 5*time.Second, tr.Running)
 	pid := tr.PID()
 	cpu0 := procCPU(t, pid)
 	start := time.Now()
-	feedVideo(tr, aus, 0)
+	lastJoin := start
+	for i, au := range aus {
+		if joinEvery > 0 && time.Since(lastJoin) >= joinEvery {
+			tr.RequestKeyframe()
+			lastJoin = time.Now()
+		}
+		tr.Write(au.nalus, au.pts, au.idr)
+		time.Sleep(time.Until(start.Add(time.Duration(i+1) * time.Second / 30)))
+	}
 	wall := time.Since(start)
 	cpu := procCPU(t, pid) - cpu0
 	rss := procRSS(t, pid)
 	eventually(t, "frames out", 3*time.Second, func() bool { return out.count() >= len(aus)-3 })
+	idrs := len(out.keyframes())
 	out.mu.Lock()
 	lat := slices.Clone(out.latency)
+	bytesOut := out.bytes
 	out.mu.Unlock()
 	slices.Sort(lat)
-	t.Logf("one 720p30 H.264 stream with B-frames (high, bf 2, 2.5 Mbit/s) re-encoded (libx264 veryfast zerolatency), %s: "+
-		"ffmpeg CPU %.1f%% of a core, RSS %s; frame in to frame out p50 %s, p95 %s, max %s (%d frames)",
-		wall.Round(time.Millisecond), 100*cpu.Seconds()/wall.Seconds(), rss,
+	t.Logf("one 720p30 H.264 stream (high, bf %d, keyframe every %d frames, 2.5 Mbit/s, keyframes asked every %s) re-encoded (libx264 veryfast zerolatency), %s: "+
+		"ffmpeg CPU %.1f%% of a core, RSS %s; frame in to frame out p50 %s, p95 %s, max %s (%d frames, %d IDRs); re-encode %.0f kbit/s",
+		bframes, gop, joinEvery, wall.Round(time.Millisecond), 100*cpu.Seconds()/wall.Seconds(), rss,
 		lat[len(lat)/2].Round(100*time.Microsecond), lat[len(lat)*95/100].Round(100*time.Microsecond),
-		lat[len(lat)-1].Round(100*time.Microsecond), len(lat))
+		lat[len(lat)-1].Round(100*time.Microsecond), len(lat), idrs, float64(bytesOut)*8/1000/wall.Seconds())
 }
 
 // TestVideoTranscoderKeyframeOnRequest: asked for a keyframe, the transcoder
