@@ -289,7 +289,7 @@ func (t *VideoTranscoder) ffmpeg() ffmpegChild {
 		},
 		feed:   t.feed,
 		read:   t.read,
-		onFail: "video transcoder stopped; WebRTC video resumes at the next keyframe after a restart",
+		onFail: "video transcoder stopped; WebRTC video resumes with a keyframe once it restarts",
 	}
 }
 

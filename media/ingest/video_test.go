@@ -354,3 +354,29 @@ func TestVideoTranscoderBacklog(t *testing.T) {
 	slices.Sort(out.latency)
 	t.Logf("%d frames out from the switch on; frame in to out p50 %s", len(out.pts), out.latency[len(out.latency)/2].Round(100*time.Microsecond))
 }
+
+// TestVideoTranscoderRestartMidGOP: an ffmpeg killed between two of the
+// source's keyframes (10 s apart) is restarted from the group of pictures
+// kept, and video comes back at once, with an IDR, not at the source's next
+// keyframe.
+func TestVideoTranscoderRestartMidGOP(t *testing.T) {
+	aus := h264ClipGOP(t, "320x240", 3, 0, 300) // one keyframe, at 0
+	out := &videoOut{}
+	tr, _ := newTestVideoTranscoder(t, "", out)
+	eventually(t, "ffmpeg running", 5*time.Second, tr.Running)
+	feedVideo(tr, aus[:45], 0)
+	eventually(t, "frames out", 3*time.Second, func() bool { return out.count() > 30 })
+	pid := tr.PID()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil { // the ffmpeg this test's transcoder started
+		t.Fatal(err)
+	}
+	eventually(t, "ffmpeg restarted", 5*time.Second, func() bool { return tr.Running() && tr.PID() != pid })
+	n := out.count()
+	feedVideo(tr, aus[45:], 0)
+	eventually(t, "frames again after the restart", 3*time.Second, func() bool { return out.count() > n+30 })
+	out.mu.Lock()
+	defer out.mu.Unlock()
+	if !out.idr[n] || out.pts[n] > aus[47].pts {
+		t.Errorf("first frame after the restart at %v (IDR %v), want an IDR by %v", out.pts[n], out.idr[n], aus[47].pts)
+	}
+}
