@@ -247,7 +247,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	case <-time.After(cfg.Duration):
 	}
 	after, err := scrape(context.WithoutCancel(ctx), cfg.MetricsURL, cfg.MetricsToken)
-	scrapeErr = errors.Join(scrapeErr, err)
+	if scrapeErr == nil { // one reason is enough: the report prints it on one line
+		scrapeErr = err
+	}
 	cpuAfter, recvAfter, window := processCPU(), r.received(), time.Since(windowStart)
 
 	// Stop sending, let what is in flight arrive, then hang up.
