@@ -16,15 +16,16 @@ import (
 
 // gopClip encodes seconds of a 640x360 30 fps test pattern with a tone the
 // way a hardware encoder or a camera often sends it: no B-frames, 1 Mbit/s,
-// AAC, keyframes only at the given times (seconds, comma separated). Pushed
-// with -c copy, it costs no CPU while the test measures.
-func gopClip(t *testing.T, seconds string, keyframes string) string {
+// AAC, a keyframe every gop frames after the last one, and one at each of
+// the times given (seconds, comma separated). Pushed with -c copy, it costs
+// no CPU while the test measures.
+func gopClip(t *testing.T, seconds, gop, keyframes string) string {
 	t.Helper()
 	f := filepath.Join(t.TempDir(), "clip.flv")
 	out, err := exec.Command("ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
 		"-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
 		"-t", seconds, "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "main", "-bf", "0",
-		"-g", "100000", "-sc_threshold", "0", "-force_key_frames", keyframes,
+		"-g", gop, "-keyint_min", gop, "-sc_threshold", "0", "-force_key_frames", keyframes,
 		"-b:v", "1000k", "-maxrate", "1000k", "-bufsize", "1000k",
 		"-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "96k", f).CombinedOutput()
 	if err != nil {
@@ -111,7 +112,7 @@ func readRTSP(t *testing.T, url string, frames string) []byte {
 // decodes cleanly throughout; RTSP readers get the video as sent; the
 // creator is told what it costs and what to change.
 func TestRTMPLongKeyframeInterval(t *testing.T) {
-	clip := gopClip(t, "15", "0,1,2,3,13")
+	clip := gopClip(t, "15", "300", "0,1,2,3") // then 10 s: the next at 13 s
 	sent := nalSet(t, clip)
 	a, base := rtmpApp(t, true, nil) // the default: re-encode over 2 s
 	_, st, _ := a.streams.Get("demo")
@@ -187,7 +188,7 @@ func TestRTMPLongKeyframeInterval(t *testing.T) {
 	if types := pictTypes(t, early.annexB(t)); strings.Count(types, "I") < 2 || len(types) < 250 {
 		t.Errorf("early viewer's picture types %q: want >= 250 frames, the encoder's keyframes and the re-encode's", types)
 	}
-	t.Logf("early viewer: %d frames, longest gap between two %s (the switch to the re-encode)", len(frames), gap.Round(time.Millisecond))
+	t.Logf("early viewer: %d frames, longest gap between two %s (one is the switch to the re-encode)", len(frames), gap.Round(time.Millisecond))
 
 	h := st.Health(time.Now())
 	var warned *media.Warning
@@ -210,7 +211,7 @@ func TestRTMPLongKeyframeInterval(t *testing.T) {
 // TestRTMPLongKeyframeIntervalOff: with streams.reencode_keyframes_over 0,
 // nothing is re-encoded: viewers get the video as sent.
 func TestRTMPLongKeyframeIntervalOff(t *testing.T) {
-	clip := gopClip(t, "8", "0,1,2,3")
+	clip := gopClip(t, "8", "300", "0,1,2,3")
 	a, base := rtmpApp(t, false, func(c *Config) { c.Streams.ReencodeKeyframesOver = 0 })
 	_, st, _ := a.streams.Get("demo")
 	v := record(t, base, "demo")
