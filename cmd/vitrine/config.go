@@ -40,7 +40,8 @@ type Config struct {
 		Takeover         bool          `yaml:"takeover"`
 		// ReencodeKeyframesOver: RTMP/RTSP H.264 whose keyframes come
 		// further apart is re-encoded for WebRTC viewers, who then get a
-		// keyframe as they join. 0 = never.
+		// keyframe as they join. 0 = never. Env
+		// VITRINE_REENCODE_KEYFRAMES_OVER.
 		ReencodeKeyframesOver time.Duration `yaml:"reencode_keyframes_over"`
 	} `yaml:"streams"`
 
@@ -151,6 +152,13 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 			return c, fmt.Errorf("VITRINE_UDP_PORT: %q is not a port number", v)
 		}
 		c.WebRTC.UDPPort = n
+	}
+	if v := getenv("VITRINE_REENCODE_KEYFRAMES_OVER"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return c, fmt.Errorf("VITRINE_REENCODE_KEYFRAMES_OVER: %q is not a duration (2s, or 0 for never)", v)
+		}
+		c.Streams.ReencodeKeyframesOver = d
 	}
 	if v := getenv("VITRINE_NAT_1TO1_IPS"); v != "" {
 		c.WebRTC.NAT1To1IPs = strings.Split(v, ",")

@@ -225,3 +225,25 @@ func TestRTMPLongKeyframeIntervalOff(t *testing.T) {
 		t.Errorf("an ffmpeg re-encoding video runs: %s", kids)
 	}
 }
+
+// TestReencodeKeyframesOverConfig: the threshold comes from the file or the
+// environment; 0 turns the re-encode off; nonsense is refused.
+func TestReencodeKeyframesOverConfig(t *testing.T) {
+	env := func(v string) func(string) string {
+		return func(k string) string { return map[string]string{"VITRINE_REENCODE_KEYFRAMES_OVER": v}[k] }
+	}
+	for v, want := range map[string]time.Duration{"": 2 * time.Second, "0": 0, "4s": 4 * time.Second} {
+		c, err := loadConfig(nil, env(v))
+		if err != nil || c.Streams.ReencodeKeyframesOver != want {
+			t.Errorf("env %q: %v, %v; want %v", v, c.Streams.ReencodeKeyframesOver, err, want)
+		}
+	}
+	if _, err := loadConfig(nil, env("often")); err == nil {
+		t.Error("VITRINE_REENCODE_KEYFRAMES_OVER=often accepted")
+	}
+	file := filepath.Join(t.TempDir(), "v.yaml")
+	os.WriteFile(file, []byte("streams:\n  reencode_keyframes_over: -1s\n"), 0o600)
+	if _, err := loadConfig([]string{"-config", file}, env("")); err == nil {
+		t.Error("a negative reencode_keyframes_over accepted")
+	}
+}
