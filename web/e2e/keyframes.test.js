@@ -108,10 +108,14 @@ for (const gop of GOPS) {
     const first = (await frames(ref.page))[0]; // shortly after one of the creator's keyframes
     const k = Math.max(1, Math.ceil(3 / gop));
     const results = [];
+    const phases = [0.5, 0.3, 0.7, 0.4, 0.6];
     for (let trial = 0; trial < TRIALS; trial++) {
       // Halfway between two of the creator's keyframes, at least 3 s in;
       // later trials at other points of the interval.
-      await sleep(first.at + (k + 0.5) * gop * 1000 + trial * 1700 - Date.now());
+      const phase = phases[trial % phases.length];
+      const base = first.at + k * gop * 1000;
+      const m = Math.max(0, Math.ceil((Date.now() - base) / (gop * 1000) - phase));
+      await sleep(base + (m + phase) * gop * 1000 - Date.now());
       const late = await viewer();
       await waitFor('late viewer sees a frame', async () => (await frames(late.page)).length > 0, (gop + 10) * 1000);
       const shown = (await frames(late.page))[0].at;
