@@ -58,7 +58,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			[]string{"protocol", "reason"}),
 		VideoTranscodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "vitrine_video_transcodes_active",
-			Help: "1 while a stream's video is re-encoded for WebRTC viewers because the creator sends H.264 with B-frames."},
+			Help: "1 while a stream's video is re-encoded for WebRTC viewers because the creator sends H.264 with B-frames or keyframes far apart."},
 			[]string{"stream"}),
 		VideoTranscoderRestarts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vitrine_video_transcoder_restarts_total", Help: "H.264 re-encoding ffmpeg processes restarted after dying or failing to start."},
