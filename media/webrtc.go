@@ -115,8 +115,9 @@ func NewWebRTC(cfg WebRTCConfig, m *Metrics, log *slog.Logger) (*WebRTC, error) 
 			s.SetNAT1To1IPs(cfg.NAT1To1IPs, webrtc.ICECandidateTypeHost)
 		}
 		// A viewer that vanished without closing (phone lost signal, tab
-		// killed) is detected by missing consent checks and dropped within
-		// about 15 s.
+		// killed) is detected by missing consent checks and dropped about
+		// 20 s later (5 s until disconnected, then 15 s until failed;
+		// TestDeadViewerDropped).
 		s.SetICETimeouts(5*time.Second, 15*time.Second, 2*time.Second)
 		return s
 	}
