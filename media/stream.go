@@ -89,7 +89,7 @@ func NewStream(name string, opts StreamOptions, m *Metrics, log *slog.Logger) *S
 		opts.Grace = 10 * time.Second
 	}
 	if opts.KeyframeInterval <= 0 {
-		opts.KeyframeInterval = 500 * time.Millisecond
+		opts.KeyframeInterval = 250 * time.Millisecond
 	}
 	if opts.StaleAfter <= 0 {
 		opts.StaleAfter = 3 * time.Second

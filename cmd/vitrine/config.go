@@ -85,7 +85,7 @@ func defaultConfig() Config {
 	c.WebRTC.IncludeLoopback = true
 	c.WebRTC.SocketBuffer = 4 << 20
 	c.Streams.Grace = 10 * time.Second
-	c.Streams.KeyframeInterval = 500 * time.Millisecond
+	c.Streams.KeyframeInterval = 250 * time.Millisecond
 	c.Streams.StaleAfter = 3 * time.Second
 	c.Streams.ReencodeKeyframesOver = 2 * time.Second
 	c.Commerce.ReservationTTL = 5 * time.Minute
