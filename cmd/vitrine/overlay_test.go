@@ -182,7 +182,10 @@ func TestOverlayOnTheFrame(t *testing.T) {
 		time.Sleep(70 * time.Millisecond)
 	}
 	t.Logf("click cues: worst distance to the frame being sent at the click: %d ticks (%.1f frames)", worst, float64(worst)/3000)
-	if worst > 3000 {
+	// One frame, plus the click time's whole milliseconds (up to 90 ticks
+	// lost to rounding) and as much again for the Sender Report's mapping:
+	// one CI run measured 3,044 ticks with the race detector on.
+	if worst > 3000+180 {
 		t.Errorf("a click cue landed %d ticks from its frame, more than one frame", worst)
 	}
 
