@@ -83,19 +83,24 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 	}
 }
 
-func TestViewerStartsOnKeyframeAndGetsExactPayloads(t *testing.T) {
-	tr := testTrack(t, Video)
-	src := tr.NewSource(DefaultVideoCodec, nil)
-	w := &recorder{keep: true}
-	viewer(tr, 1234, w)
+// frames returns a function that ingests one-packet frames at 30 fps.
+func frames(t *testing.T, src *Source) func(payload []byte) {
 	h := rtp.Header{SequenceNumber: 100, Timestamp: 9000, PayloadType: 96, SSRC: 5}
-	send := func(p []byte) {
+	return func(p []byte) {
 		if err := src.WriteRTP(&h, p); err != nil {
 			t.Fatal(err)
 		}
 		h.SequenceNumber++
 		h.Timestamp += 3000
 	}
+}
+
+func TestViewerStartsOnKeyframeAndGetsExactPayloads(t *testing.T) {
+	tr := testTrack(t, Video)
+	src := tr.NewSource(DefaultVideoCodec, nil)
+	w := &recorder{keep: true}
+	viewer(tr, 1234, w)
+	send := frames(t, src)
 	send(pSlice) // before any keyframe: not forwarded
 	send(idr)
 	send(pSlice)
@@ -121,14 +126,7 @@ func TestKeyframeBeforeTransportReadyIsNotCounted(t *testing.T) {
 	w := &recorder{keep: true}
 	w.notYet.Store(true)
 	viewer(tr, 1234, w)
-	h := rtp.Header{SequenceNumber: 100, Timestamp: 9000, PayloadType: 96, SSRC: 5}
-	send := func(p []byte) {
-		if err := src.WriteRTP(&h, p); err != nil {
-			t.Fatal(err)
-		}
-		h.SequenceNumber++
-		h.Timestamp += 3000
-	}
+	send := frames(t, src)
 	send(idr) // dropped by the transport
 	waitFor(t, "the keyframe written", func() bool { return w.tries.Load() == 1 })
 	send(pSlice)
