@@ -15,7 +15,7 @@ import (
 )
 
 // gopClip encodes seconds of a 640x360 30 fps test pattern with a tone the
-// way a hardware encoder or a camera often sends it: no B-frames, 1 Mbit/s,
+// way a hardware encoder or a camera often sends it: no B-frames, 400 kbit/s,
 // AAC, a keyframe every gop frames after the last one, and one at each of
 // the times given (seconds, comma separated). Pushed with -c copy, it costs
 // no CPU while the test measures.
@@ -26,7 +26,7 @@ func gopClip(t *testing.T, seconds, gop, keyframes string) string {
 		"-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
 		"-t", seconds, "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "main", "-bf", "0",
 		"-g", gop, "-keyint_min", gop, "-sc_threshold", "0", "-force_key_frames", keyframes,
-		"-b:v", "1000k", "-maxrate", "1000k", "-bufsize", "1000k",
+		"-b:v", "400k", "-maxrate", "400k", "-bufsize", "400k",
 		"-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "96k", f).CombinedOutput()
 	if err != nil {
 		t.Fatalf("ffmpeg (the README's test command installs it): %v %s", err, out)
@@ -165,6 +165,22 @@ func TestRTMPLongKeyframeInterval(t *testing.T) {
 	}
 	if reencoded < 25 {
 		t.Errorf("only %d slices of the late viewer's video are re-encoded", reencoded)
+	}
+	// At about the creator's bitrate (400 kbit/s), not what libx264 makes
+	// of the picture uncapped (about 1 Mbit/s): a viewer on a slow link
+	// gets no more than the creator sent.
+	late.mu.Lock()
+	lateVideo := late.pkts["video"]
+	arrived := late.arrived["video"]
+	late.mu.Unlock()
+	octets := 0
+	for _, p := range lateVideo {
+		octets += len(p.Payload)
+	}
+	lateRate := float64(octets) * 8 / arrived[len(arrived)-1].Sub(arrived[0]).Seconds()
+	t.Logf("late viewer's video: %.0f kbit/s (the creator sends 400)", lateRate/1000)
+	if lateRate > 600_000 {
+		t.Errorf("the re-encode runs at %.0f kbit/s for a 400 kbit/s creator", lateRate/1000)
 	}
 
 	// The early viewer went from the video as sent to the re-encode: it

@@ -338,6 +338,33 @@ func (p *Publisher) keepGOP(au [][]byte, pts time.Duration, idr bool) {
 	p.gopBytes += size
 }
 
+// reencodeBitrate caps the re-encode near the creator's own bitrate, so that
+// viewers on slow links get no more than the creator sent: a quarter above
+// the rate of the group of pictures kept (it holds a keyframe; the
+// re-encode adds one for each joining viewer). 0 (the transcoder's
+// default cap) when that group spans less than a second, too little to
+// tell, as when B-frames are found in the first frames. Never above the
+// default cap of 4 Mbit/s.
+func reencodeBitrate(gop []BacklogFrame) int {
+	if len(gop) < 2 {
+		return 0
+	}
+	first, last, bytes := gop[0].PTS, gop[0].PTS, 0
+	for _, f := range gop {
+		first, last = min(first, f.PTS), max(last, f.PTS)
+		for _, n := range f.AU {
+			bytes += len(n)
+		}
+	}
+	span := last - first
+	if span < time.Second {
+		return 0
+	}
+	// The frames' own durations: the span misses the last one.
+	span += span / time.Duration(len(gop)-1)
+	return min(4_000_000, max(300_000, int(float64(bytes)*8/span.Seconds()*5/4)))
+}
+
 // bframesAdvice is what the creator is told, once, when their H.264 has
 // B-frames.
 const bframesAdvice = "the encoder sends H.264 with B-frames, which browsers cannot play over WebRTC, " +
@@ -392,7 +419,7 @@ func (p *Publisher) startReencode(why media.Transcode) {
 	profile, level := x264Profile(p.sps)
 	p.reencode = NewVideoTranscoder(VideoTranscoderConfig{FFmpeg: p.cfg.FFmpeg, Metrics: p.cfg.Metrics,
 		Protocol: p.cfg.Protocol, Log: p.cfg.Log.With("transcoder", "h264-reencode"),
-		Profile: profile, Level: level, Hold: true, Backlog: backlog,
+		Profile: profile, Level: level, Hold: true, Backlog: backlog, MaxBitrate: reencodeBitrate(backlog),
 		Frame: func(au [][]byte, pts time.Duration, _ time.Time) {
 			src := p.reencSrc.Load()
 			if src == nil {

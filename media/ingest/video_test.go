@@ -380,3 +380,30 @@ func TestVideoTranscoderRestartMidGOP(t *testing.T) {
 		t.Errorf("first frame after the restart at %v (IDR %v), want an IDR by %v", out.pts[n], out.idr[n], aus[47].pts)
 	}
 }
+
+// The re-encode's cap follows the creator's bitrate, measured over the group
+// of pictures kept, once it spans a second.
+func TestReencodeBitrate(t *testing.T) {
+	gop := func(frames, size int) []BacklogFrame {
+		var g []BacklogFrame
+		for i := range frames {
+			g = append(g, BacklogFrame{AU: [][]byte{make([]byte, size)}, PTS: time.Duration(i) * time.Second / 30, IDR: i == 0})
+		}
+		return g
+	}
+	for _, c := range []struct {
+		name string
+		gop  []BacklogFrame
+		want int
+	}{
+		{"2 s at 1 Mbit/s", gop(60, 1_000_000/8/30), 1_250_000},
+		{"half a second: too little to tell", gop(15, 1_000_000/8/30), 0},
+		{"a trickle gets the floor", gop(60, 100), 300_000},
+		{"8 Mbit/s gets the default cap", gop(60, 8_000_000/8/30), 4_000_000},
+	} {
+		got := reencodeBitrate(c.gop)
+		if d := got - c.want; d < -c.want/100 || d > c.want/100 {
+			t.Errorf("%s: %d bits/s, want %d", c.name, got, c.want)
+		}
+	}
+}
