@@ -101,6 +101,18 @@ func TestMetricsListenerAndToken(t *testing.T) {
 	if code, body := scrape(t, murl, metricsToken); code != 200 || !strings.Contains(body, "vitrine_stream_state") {
 		t.Errorf("/metrics with the token: %d", code)
 	}
+	// Go's profiles: on the private listener, behind the same token, never
+	// on the public port.
+	pprof := "http://" + a.metricsListener.Addr().String() + "/debug/pprof/"
+	if code, _ := scrape(t, pprof+"heap", ""); code != 401 {
+		t.Errorf("heap profile without the token: %d, want 401", code)
+	}
+	if code, body := scrape(t, pprof+"goroutine?debug=1", metricsToken); code != 200 || !strings.Contains(body, "goroutine profile") {
+		t.Errorf("goroutine profile with the token: %d", code)
+	}
+	if code, _ := scrape(t, base+"/debug/pprof/heap", metricsToken); code == 200 {
+		t.Errorf("a profile is served on the public HTTP port")
+	}
 	if code, body := scrape(t, base+"/version", ""); code != 200 || !strings.Contains(body, `"commit"`) {
 		t.Errorf("/version: %d %s", code, body)
 	}
