@@ -106,6 +106,7 @@ type healthCollector struct {
 	state, ingestPackets, ingestBytes, frames, keyframes, keyInterval *prometheus.Desc
 	creatorLoss, creatorJitter, creatorRTT                            *prometheus.Desc
 	viewerLoss, viewerLossMax, nacks, plis, slowDrops, forward        *prometheus.Desc
+	reencoded                                                         *prometheus.Desc
 }
 
 func newHealthCollector(m *Metrics) *healthCollector {
@@ -130,13 +131,14 @@ func newHealthCollector(m *Metrics) *healthCollector {
 		nacks:         d("vitrine_stream_nacks_received_total", "Sequence numbers the stream's viewers reported lost (NACK).", sk),
 		plis:          d("vitrine_stream_plis_received_total", "Keyframe requests (PLI/FIR) from the stream's viewers.", s),
 		slowDrops:     d("vitrine_stream_viewer_packets_dropped_total", "Packets viewers did not get because their shard fell behind (counted per viewer); Vitrine drops packets for a slow viewer rather than disconnecting it.", sk),
+		reencoded:     d("vitrine_video_transcodes_active", "1 while the stream's video is re-encoded for WebRTC viewers because the creator sends H.264 with B-frames or keyframes far apart (the health API says why).", s),
 		forward:       d("vitrine_stream_forward_seconds", "Forwarding latency: packet in from the creator to packet written to the last viewer of a shard (one observation per packet per shard).", sk),
 	}
 }
 
 func (c *healthCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.state, c.ingestPackets, c.ingestBytes, c.frames, c.keyframes, c.keyInterval,
-		c.creatorLoss, c.creatorJitter, c.creatorRTT, c.viewerLoss, c.viewerLossMax, c.nacks, c.plis, c.slowDrops, c.forward} {
+		c.creatorLoss, c.creatorJitter, c.creatorRTT, c.viewerLoss, c.viewerLossMax, c.nacks, c.plis, c.slowDrops, c.forward, c.reencoded} {
 		ch <- d
 	}
 }
@@ -156,6 +158,11 @@ func (c *healthCollector) collectStream(ch chan<- prometheus.Metric, s *Stream) 
 		}
 		ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, v, s.Name, string(each))
 	}
+	reencoded := 0.0
+	if s.Transcode().On() {
+		reencoded = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.reencoded, prometheus.GaugeValue, reencoded, s.Name)
 	var link creatorLink
 	if lr, ok := s.Ingest().(linkReporter); ok {
 		link = lr.creatorLink()

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/pion/interceptor"
 	"github.com/pion/rtcp"
@@ -190,4 +191,49 @@ func TestRTCPTapKeepsLastReceiverReport(t *testing.T) {
 		t.Errorf("creator link %+v, want video 50 %% lost, 50 ms jitter", l)
 	}
 	_ = i.Close()
+}
+
+// session is a creator connection for tests.
+type session struct{ name string }
+
+func (s *session) Protocol() string      { return s.name }
+func (s *session) LastActive() time.Time { return time.Now() }
+func (s *session) Close()                {}
+
+// A creator on a flaky link comes back on a new connection while the old one
+// still winds down: what the old one says about the re-encode as it ends
+// must not undo what the new one set (RTSP readers would get the re-encode,
+// the studio would lose the warning).
+func TestReplacedSessionLeavesTranscodeAlone(t *testing.T) {
+	s, reg := testStream(t, "shop")
+	old, cur := &session{"rtmp"}, &session{"rtmp"}
+	if err := s.Publish(old, false); err != nil {
+		t.Fatal(err)
+	}
+	s.SetTranscode(old, Transcode{BFrames: true, Reason: "old"})
+	if err := s.Publish(cur, true); err != nil {
+		t.Fatal(err)
+	}
+	if s.Transcode().On() {
+		t.Fatal("a new session starts with the previous session's re-encode")
+	}
+	s.SetTranscode(cur, Transcode{LongGOP: true, Reason: "cur"})
+	s.SetTranscode(old, Transcode{})
+	s.Unpublish(old, false)
+	if tc := s.Transcode(); !tc.LongGOP || tc.Reason != "cur" {
+		t.Fatalf("replaced session changed the re-encode to %+v", tc)
+	}
+	if s.ReaderVideo() == s.Video {
+		t.Error("RTSP readers get the re-encode")
+	}
+	if v := value(t, reg, "vitrine_video_transcodes_active", map[string]string{"stream": "shop"}); v != 1 {
+		t.Errorf("vitrine_video_transcodes_active = %v, want 1", v)
+	}
+	s.Unpublish(cur, true)
+	if s.Transcode().On() {
+		t.Error("re-encode still reported after the creator ended")
+	}
+	if v := value(t, reg, "vitrine_video_transcodes_active", map[string]string{"stream": "shop"}); v != 0 {
+		t.Errorf("vitrine_video_transcodes_active = %v after the end, want 0", v)
+	}
 }

@@ -129,6 +129,7 @@ func (s *Stream) Publish(in Ingest, takeover bool) error {
 		return ErrAlreadyLive
 	}
 	s.publisher = in
+	s.transcode = Transcode{}
 	if s.graceTimer != nil {
 		s.graceTimer.Stop()
 		s.graceTimer = nil
@@ -155,6 +156,7 @@ func (s *Stream) Unpublish(in Ingest, ended bool) {
 		return
 	}
 	s.publisher = nil
+	s.transcode = Transcode{}
 	if ended {
 		s.setState(StateEnded, "the creator ended the stream")
 	} else {
@@ -275,11 +277,16 @@ type Transcode struct {
 func (tc Transcode) On() bool { return tc.BFrames || tc.LongGOP }
 
 // SetTranscode says whether Video carries a re-encode of the creator's video
-// and why. An ingest sets it when it starts re-encoding and clears it (the
-// zero Transcode) when its connection ends.
-func (s *Stream) SetTranscode(tc Transcode) {
+// and why. Only the current creator's session decides: a replaced session
+// still winding down (a flaky connection that timed out after the creator
+// came back) must not undo what the new one set. Publish and Unpublish reset
+// it, so a session starts and ends with the video as sent.
+func (s *Stream) SetTranscode(in Ingest, tc Transcode) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.publisher != in {
+		return
+	}
 	if !tc.On() {
 		tc = Transcode{}
 	}

@@ -222,7 +222,7 @@ func TestRTMPNoBFrames(t *testing.T) {
 	}
 	m := get(t, base+"/metrics")
 	if !strings.Contains(m, "vitrine_video_transcoders_running 0") ||
-		strings.Contains(m, `vitrine_video_transcodes_active{stream="demo"}`) {
+		!strings.Contains(m, `vitrine_video_transcodes_active{stream="demo"} 0`) {
 		t.Error("a video transcoder runs for a stream without B-frames")
 	}
 	if kids := childCommands(t); strings.Contains(kids, "libx264") {

@@ -53,7 +53,12 @@ func TestHealthReport(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			ff := ffmpegPush(t, "flv", url, c.args...)
-			defer ff.stop()
+			defer func() {
+				// The next push is measured on its own: until this one's
+				// end is seen, the report is still this push's.
+				ff.stop()
+				eventually(t, "the push's end seen", 10*time.Second, func() bool { return health().State != media.StateLive })
+			}()
 			var h media.Health
 			eventually(t, "a second keyframe measured", time.Duration(c.keyframe*2+8)*time.Second, func() bool {
 				h = health()

@@ -21,7 +21,6 @@ type Metrics struct {
 	TranscodeDropped   *prometheus.CounterVec
 
 	// The H.264 re-encode of creators who send B-frames (video.go).
-	VideoTranscodes         *prometheus.GaugeVec
 	VideoTranscoderRestarts *prometheus.CounterVec
 	VideoTranscodersRunning prometheus.Gauge
 	VideoTranscodeSeconds   *prometheus.HistogramVec
@@ -56,10 +55,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		TranscodeDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vitrine_transcode_dropped_total", Help: "AAC frames not transcoded: ffmpeg down, starting or behind; a bad frame."},
 			[]string{"protocol", "reason"}),
-		VideoTranscodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "vitrine_video_transcodes_active",
-			Help: "1 while a stream's video is re-encoded for WebRTC viewers because the creator sends H.264 with B-frames or keyframes far apart."},
-			[]string{"stream"}),
 		VideoTranscoderRestarts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vitrine_video_transcoder_restarts_total", Help: "H.264 re-encoding ffmpeg processes restarted after dying or failing to start."},
 			[]string{"protocol"}),
@@ -75,7 +70,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.Connections, m.Active, m.Bytes, m.Frames, m.Readers,
 		m.TranscoderRestarts, m.TranscodersRunning, m.TranscodeSeconds, m.TranscodeDropped,
-		m.VideoTranscodes, m.VideoTranscoderRestarts, m.VideoTranscodersRunning, m.VideoTranscodeSeconds, m.VideoTranscodeDropped)
+		m.VideoTranscoderRestarts, m.VideoTranscodersRunning, m.VideoTranscodeSeconds, m.VideoTranscodeDropped)
 	// Series exist at 0 from the start, so rates and alerts work before the
 	// first creator.
 	for _, p := range []string{"rtmp", "rtsp", "rtsp-pull"} {

@@ -166,8 +166,6 @@ func (p *Publisher) End(ended bool) {
 			if src := p.reencSrc.Load(); src != nil {
 				src.End()
 			}
-			p.cfg.Stream.SetTranscode(media.Transcode{})
-			p.cfg.Metrics.VideoTranscodes.DeleteLabelValues(p.cfg.Stream.Name)
 		}
 		if p.video != nil {
 			p.video.End()
@@ -280,7 +278,7 @@ func (p *Publisher) WriteH264(pts time.Duration, au [][]byte) error {
 		// B-frames after a re-encode for long keyframe intervals started:
 		// they must not reach viewers as sent.
 		p.transcode.BFrames, p.transcode.Reason = true, bframesAdvice
-		p.cfg.Stream.SetTranscode(p.transcode)
+		p.cfg.Stream.SetTranscode(p, p.transcode)
 		p.cfg.Log.Warn("video re-encoded for WebRTC viewers: " + bframesAdvice)
 	}
 	if p.reencode != nil {
@@ -413,8 +411,7 @@ func (p *Publisher) startReencode(why media.Transcode) {
 		_ = p.writeOriginal(time.Now(), f.PTS, f.AU)
 	}
 	p.transcode = why
-	p.cfg.Stream.SetTranscode(why)
-	p.cfg.Metrics.VideoTranscodes.WithLabelValues(p.cfg.Stream.Name).Set(1)
+	p.cfg.Stream.SetTranscode(p, why)
 	p.cfg.Log.Warn("video re-encoded for WebRTC viewers: " + why.Reason)
 	profile, level := x264Profile(p.sps)
 	p.reencode = NewVideoTranscoder(VideoTranscoderConfig{FFmpeg: p.cfg.FFmpeg, Metrics: p.cfg.Metrics,
