@@ -17,6 +17,7 @@ type Metrics struct {
 	UDPDatagrams     prometheus.Counter
 	UDPSends         prometheus.Counter
 	UDPSendErrors    prometheus.Counter
+	UDPGSO           prometheus.Gauge
 	NACKs            prometheus.Counter
 	Retransmits      *prometheus.CounterVec
 	PLIs             prometheus.Counter
@@ -64,6 +65,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "vitrine_udp_send_calls_total", Help: "System calls that sent them (sendmmsg batches); datagrams / calls is the batch size."}),
 		UDPSendErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "vitrine_udp_send_errors_total", Help: "Datagrams the kernel refused to send (dropped)."}),
+		UDPGSO: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "vitrine_udp_gso", Help: "1 while a viewer's consecutive datagrams are sent as one segmented buffer (UDP GSO); 0 when off or refused by the kernel."}),
 		NACKs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "vitrine_nacks_received_total", Help: "Lost packets viewers asked to be resent (NACKed sequence numbers)."}),
 		Retransmits: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -82,7 +85,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "vitrine_publish_sessions_total", Help: "Creator sessions started, by ingest protocol."}, []string{"protocol"}),
 	}
 	reg.MustRegister(m.StreamsLive, m.Viewers, m.PacketsIn, m.BytesIn, m.PacketsOut, m.BytesOut, m.Dropped,
-		m.UDPDatagrams, m.UDPSends, m.UDPSendErrors,
+		m.UDPDatagrams, m.UDPSends, m.UDPSendErrors, m.UDPGSO,
 		m.NACKs, m.Retransmits, m.PLIs, m.KeyframeRequests, m.BadRTCP, m.JoinSeconds, m.Publishers)
 	reg.MustRegister(newHealthCollector(m))
 	// Series an operator graphs or alerts on exist from the start, at 0.

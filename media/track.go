@@ -358,22 +358,53 @@ func (t *Track) downTracks() []*DownTrack {
 	return all
 }
 
+// shardBurst bounds how many queued packets a shard writes in one pass.
+const shardBurst = 16
+
+// runShard writes each packet to the shard's viewers. Packets that queued
+// up meanwhile (a frame's packets arrive together; a busy core lets more
+// pile up) are written viewer by viewer: each viewer gets its run of
+// packets back to back, which the UDP batcher sends to its address in one
+// go (GSO on Linux), at a fraction of the kernel's cost per datagram. A
+// viewer's last packet of the run goes out no later than packet by packet.
 func (t *Track) runShard(sh *shard) {
 	defer close(sh.done)
+	var burst [shardBurst]*Packet
+	var sent [shardBurst]int
 	for p := range sh.in {
-		sent := 0
-		for _, d := range *sh.viewers.Load() {
-			if d.writePacket(p) {
-				sent++
+		burst[0] = p
+		n := 1
+	drain:
+		for n < shardBurst {
+			select {
+			case q, ok := <-sh.in:
+				if !ok {
+					break drain
+				}
+				burst[n] = q
+				n++
+			default:
+				break drain
 			}
 		}
-		if sent > 0 {
-			// Once per packet per shard, not per viewer: the time to the
-			// shard's last viewer bounds every viewer's.
-			sh.forward.observe(monotonic(time.Now())-p.Arrival, &t.metrics.forwardBounds)
+		for _, d := range *sh.viewers.Load() {
+			for i, q := range burst[:n] {
+				if d.writePacket(q) {
+					sent[i]++
+				}
+			}
 		}
-		t.metrics.forwarded(t.kind, sent, len(p.Payload))
-		p.release()
+		now := monotonic(time.Now())
+		for i, q := range burst[:n] {
+			if sent[i] > 0 {
+				// Once per packet per shard, not per viewer: the time to
+				// the shard's last viewer bounds every viewer's.
+				sh.forward.observe(now-q.Arrival, &t.metrics.forwardBounds)
+			}
+			t.metrics.forwarded(t.kind, sent[i], len(q.Payload))
+			q.release()
+			burst[i], sent[i] = nil, 0
+		}
 	}
 }
 

@@ -59,10 +59,12 @@ type batch struct {
 // lost UDP datagram would be).
 type sender interface {
 	send(b *batch) (calls, refused int)
+	// segmenting reports whether runs to one address go as one (GSO).
+	segmenting() bool
 }
 
-func newBatchConn(conn *net.UDPConn, m *Metrics) (*batchConn, error) {
-	out, err := newSender(conn)
+func newBatchConn(conn *net.UDPConn, m *Metrics, gso bool) (*batchConn, error) {
+	out, err := newSender(conn, gso)
 	if err != nil {
 		return nil, err
 	}
@@ -76,6 +78,7 @@ func newBatchConn(conn *net.UDPConn, m *Metrics) (*batchConn, error) {
 		metrics: m,
 	}
 	c.space.L = &c.mu
+	m.UDPGSO.Set(gauge(out.segmenting()))
 	go c.flush()
 	return c, nil
 }
@@ -129,6 +132,7 @@ func (c *batchConn) flush() {
 			if refused > 0 {
 				c.metrics.UDPSendErrors.Add(float64(refused))
 			}
+			c.metrics.UDPGSO.Set(gauge(c.out.segmenting()))
 			b.n = 0
 
 			c.mu.Lock()
@@ -174,3 +178,10 @@ func (c *batchConn) LocalAddr() net.Addr                { return c.conn.LocalAdd
 func (c *batchConn) SetDeadline(t time.Time) error      { return c.conn.SetDeadline(t) }
 func (c *batchConn) SetReadDeadline(t time.Time) error  { return c.conn.SetReadDeadline(t) }
 func (c *batchConn) SetWriteDeadline(t time.Time) error { return c.conn.SetWriteDeadline(t) }
+
+func gauge(on bool) float64 {
+	if on {
+		return 1
+	}
+	return 0
+}

@@ -8,7 +8,9 @@ import "net"
 // available: batching still moves the writes off the forwarding goroutines.
 type writeSender struct{ conn *net.UDPConn }
 
-func newSender(conn *net.UDPConn) (sender, error) { return writeSender{conn}, nil }
+func newSender(conn *net.UDPConn, _ bool) (sender, error) { return writeSender{conn}, nil }
+
+func (writeSender) segmenting() bool { return false }
 
 func (s writeSender) send(b *batch) (calls, refused int) {
 	for i := 0; i < b.n; i++ {

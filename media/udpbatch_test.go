@@ -27,7 +27,7 @@ func TestBatchConnDelivers(t *testing.T) {
 			}
 			reg := prometheus.NewRegistry()
 			m := NewMetrics(reg)
-			c, err := newBatchConn(pc.(*net.UDPConn), m)
+			c, err := newBatchConn(pc.(*net.UDPConn), m, true)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -101,7 +101,7 @@ func TestBatchConnRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	c, err := newBatchConn(pc.(*net.UDPConn), NewMetrics(reg))
+	c, err := newBatchConn(pc.(*net.UDPConn), NewMetrics(reg), true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,16 +169,27 @@ func BenchmarkUDPSend(b *testing.B) {
 			}
 		}()
 	}
-	for _, mode := range []string{"sendto", "batched"} {
-		b.Run(mode, func(b *testing.B) {
+	// run: datagrams in a row to one viewer, as a shard writes a frame's
+	// queued packets.
+	for _, mode := range []struct {
+		name         string
+		batched, gso bool
+		run          int
+	}{
+		{"sendto", false, false, 1},
+		{"batched", true, false, 1},
+		{"batched/runs=6", true, false, 6},
+		{"batched+gso/runs=6", true, true, 6},
+	} {
+		b.Run(mode.name, func(b *testing.B) {
 			pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 			if err != nil {
 				b.Fatal(err)
 			}
 			_ = pc.SetWriteBuffer(4 << 20)
 			write := pc.WriteToUDPAddrPort
-			if mode == "batched" {
-				c, err := newBatchConn(pc, NewMetrics(prometheus.NewRegistry()))
+			if mode.batched {
+				c, err := newBatchConn(pc, NewMetrics(prometheus.NewRegistry()), mode.gso)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -190,7 +201,7 @@ func BenchmarkUDPSend(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				if _, err := write(payload, to[i%viewers]); err != nil {
+				if _, err := write(payload, to[i/mode.run%viewers]); err != nil {
 					b.Fatal(err)
 				}
 			}

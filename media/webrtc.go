@@ -36,6 +36,9 @@ type WebRTCConfig struct {
 	// SocketBuffer is the UDP socket's send and receive buffer in bytes:
 	// the kernel default drops bursts of keyframes to many viewers.
 	SocketBuffer int
+	// NoGSO sends every datagram on its own instead of segmenting a
+	// viewer's runs of packets in the kernel (UDP GSO).
+	NoGSO bool
 }
 
 // WebRTC owns the ICE sockets and the two pion APIs: one for creators, with
@@ -73,7 +76,7 @@ func NewWebRTC(cfg WebRTCConfig, m *Metrics, log *slog.Logger) (*WebRTC, error) 
 		_ = w.udp.SetReadBuffer(cfg.SocketBuffer)
 		_ = w.udp.SetWriteBuffer(cfg.SocketBuffer)
 	}
-	if w.batch, err = newBatchConn(w.udp, m); err != nil {
+	if w.batch, err = newBatchConn(w.udp, m, !cfg.NoGSO); err != nil {
 		w.udp.Close()
 		return nil, err
 	}

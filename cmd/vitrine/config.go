@@ -30,6 +30,7 @@ type Config struct {
 		NAT1To1IPs      []string              `yaml:"nat_1to1_ips"`
 		IncludeLoopback bool                  `yaml:"include_loopback"`
 		SocketBuffer    int                   `yaml:"socket_buffer"`
+		UDPGSO          bool                  `yaml:"udp_gso"`
 		ICEServers      []signaling.ICEServer `yaml:"ice_servers"`
 	} `yaml:"webrtc"`
 
@@ -84,6 +85,7 @@ func defaultConfig() Config {
 	c.WebRTC.UDPPort = 8189
 	c.WebRTC.IncludeLoopback = true
 	c.WebRTC.SocketBuffer = 4 << 20
+	c.WebRTC.UDPGSO = true
 	c.Streams.Grace = 10 * time.Second
 	c.Streams.KeyframeInterval = 250 * time.Millisecond
 	c.Streams.StaleAfter = 3 * time.Second

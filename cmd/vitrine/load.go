@@ -36,6 +36,7 @@ func load(args []string, stdout, stderr io.Writer) error {
 	loopback := fs.Bool("loopback", false, "ICE on 127.0.0.1 only (server on this machine)")
 	localIP := fs.String("local-ip", "", "ICE on this one local IPv4 address only (publisher and viewers)")
 	nack := fs.Bool("nack", false, "lite viewers ask for lost video packets again (NACK, RTX) as browsers do, and report what came back")
+	pace := fs.Float64("pace", 0, "spread each video frame's packets at this multiple of the clip's bitrate, as browsers do (Chrome: 2.5); 0: back to back")
 	asJSON := fs.Bool("json", false, "write the report as JSON")
 	cpuProfile := fs.String("cpuprofile", "", "write the load tool's own CPU profile to this file")
 	fs.Usage = func() {
@@ -51,7 +52,7 @@ func load(args []string, stdout, stderr io.Writer) error {
 	cfg := loadtest.Config{
 		Server: *server, Stream: *stream, Key: *key, Viewers: *viewers, Rate: *rate,
 		Duration: *duration, Interval: *interval, MetricsURL: *metrics, MetricsToken: *metricsToken,
-		Loopback: *loopback, LocalIP: *localIP, NACK: *nack,
+		Loopback: *loopback, LocalIP: *localIP, NACK: *nack, Pace: *pace,
 		Progress: func(p loadtest.Progress) { printProgress(stderr, p) },
 	}
 	switch *viewerKind {

@@ -128,6 +128,7 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 		NAT1To1IPs:      cfg.WebRTC.NAT1To1IPs,
 		IncludeLoopback: cfg.WebRTC.IncludeLoopback,
 		SocketBuffer:    cfg.WebRTC.SocketBuffer,
+		NoGSO:           !cfg.WebRTC.UDPGSO,
 	}, mm, log)
 	if err != nil {
 		return nil, err

@@ -48,6 +48,17 @@ type Frame struct {
 	Key      bool
 }
 
+// bytesPerSecond is the video's payload rate.
+func (c *Clip) bytesPerSecond() float64 {
+	total := 0
+	for _, f := range c.Frames {
+		for _, p := range f.Payloads {
+			total += len(p)
+		}
+	}
+	return float64(total) * float64(c.FPS) / float64(max(1, len(c.Frames)))
+}
+
 // EmbeddedClip is the clip built into the binary.
 func EmbeddedClip() (*Clip, error) {
 	return LoadClip(bytes.NewReader(embeddedH264), bytes.NewReader(embeddedOgg), 30)
