@@ -13,14 +13,15 @@ import (
 )
 
 // The embedded clip: 4 s of 1280x720 at 30 fps, H.264 constrained baseline
-// at ~1.5 Mbit/s, no B-frames, an IDR every 2 s (frame 0 and 60), SPS/PPS
-// before every IDR; 4 s of a 440 Hz sine as Opus, 48 kHz, 20 ms packets.
+// at ~2.5 Mbit/s (the workload of issue 8's reference figures), no
+// B-frames, an IDR every 2 s (frame 0 and 60), SPS/PPS before every IDR;
+// 4 s of a 440 Hz sine as Opus, 48 kHz, 20 ms packets.
 // Made once with Debian's ffmpeg (regenerate from this directory):
 //
 //	ffmpeg -y -f lavfi -t 4 -i testsrc2=size=1280x720:rate=30 \
 //	  -f lavfi -t 4 -i sine=frequency=440:sample_rate=48000 \
 //	  -map 0:v -c:v libx264 -profile:v baseline -bf 0 -g 60 -keyint_min 60 -sc_threshold 0 \
-//	  -pix_fmt yuv420p -b:v 1500k -maxrate 1500k -bufsize 750k -x264-params repeat-headers=1 \
+//	  -pix_fmt yuv420p -b:v 2500k -maxrate 2500k -bufsize 1250k -x264-params repeat-headers=1 \
 //	  -f h264 clip/clip.h264 \
 //	  -map 1:a -c:a libopus -b:a 64k -frame_duration 20 -page_duration 20000 -f ogg clip/clip.ogg
 var (
