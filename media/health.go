@@ -2,6 +2,7 @@ package media
 
 import (
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -106,7 +107,7 @@ type healthCollector struct {
 	state, ingestPackets, ingestBytes, frames, keyframes, keyInterval *prometheus.Desc
 	creatorLoss, creatorJitter, creatorRTT                            *prometheus.Desc
 	viewerLoss, viewerLossMax, nacks, plis, slowDrops, forward        *prometheus.Desc
-	reencoded                                                         *prometheus.Desc
+	reencoded, videoInfo                                              *prometheus.Desc
 }
 
 func newHealthCollector(m *Metrics) *healthCollector {
@@ -131,6 +132,7 @@ func newHealthCollector(m *Metrics) *healthCollector {
 		nacks:         d("vitrine_stream_nacks_received_total", "Sequence numbers the stream's viewers reported lost (NACK).", sk),
 		plis:          d("vitrine_stream_plis_received_total", "Keyframe requests (PLI/FIR) from the stream's viewers.", s),
 		slowDrops:     d("vitrine_stream_viewer_packets_dropped_total", "Packets viewers did not get because their shard fell behind (counted per viewer); Vitrine drops packets for a slow viewer rather than disconnecting it.", sk),
+		videoInfo:     d("vitrine_stream_video_info", "1 while a creator is connected, labelled with the video as the creator sends it: codec, H.264 profile, whether it has B-frames (which costs a re-encode).", []string{"stream", "ingest", "codec", "profile", "bframes"}),
 		reencoded:     d("vitrine_video_transcodes_active", "1 while the stream's video is re-encoded for WebRTC viewers because the creator sends H.264 with B-frames or keyframes far apart (the health API says why).", s),
 		forward:       d("vitrine_stream_forward_seconds", "Forwarding latency: packet in from the creator to packet written to the last viewer of a shard (one observation per packet per shard).", sk),
 	}
@@ -138,7 +140,7 @@ func newHealthCollector(m *Metrics) *healthCollector {
 
 func (c *healthCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.state, c.ingestPackets, c.ingestBytes, c.frames, c.keyframes, c.keyInterval,
-		c.creatorLoss, c.creatorJitter, c.creatorRTT, c.viewerLoss, c.viewerLossMax, c.nacks, c.plis, c.slowDrops, c.forward, c.reencoded} {
+		c.creatorLoss, c.creatorJitter, c.creatorRTT, c.viewerLoss, c.viewerLossMax, c.nacks, c.plis, c.slowDrops, c.forward, c.reencoded, c.videoInfo} {
 		ch <- d
 	}
 }
@@ -158,11 +160,17 @@ func (c *healthCollector) collectStream(ch chan<- prometheus.Metric, s *Stream) 
 		}
 		ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, v, s.Name, string(each))
 	}
+	tc := s.Transcode()
 	reencoded := 0.0
-	if s.Transcode().On() {
+	if tc.On() {
 		reencoded = 1
 	}
 	ch <- prometheus.MustNewConstMetric(c.reencoded, prometheus.GaugeValue, reencoded, s.Name)
+	if in := s.Ingest(); in != nil {
+		vc := s.ReaderVideo().Codec()
+		ch <- prometheus.MustNewConstMetric(c.videoInfo, prometheus.GaugeValue, 1, s.Name, in.Protocol(),
+			strings.TrimPrefix(vc.MimeType, "video/"), h264Profile(vc.Fmtp), strconv.FormatBool(tc.BFrames))
+	}
 	var link creatorLink
 	if lr, ok := s.Ingest().(linkReporter); ok {
 		link = lr.creatorLink()

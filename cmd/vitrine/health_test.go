@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -91,6 +92,15 @@ func TestHealthReport(t *testing.T) {
 			}
 			if warned(h, "keyframe_interval") != c.warnKeyframe {
 				t.Errorf("keyframe warning %v, want %v: %+v", warned(h, "keyframe_interval"), c.warnKeyframe, h.Warnings)
+			}
+			// Operators see the same figures in Prometheus.
+			info := fmt.Sprintf(`vitrine_stream_video_info{bframes="%t",codec="%s",ingest="rtmp",profile="%s",stream="demo"}`,
+				h.Video.BFrames, h.Video.Codec, h.Video.Profile)
+			if v := metricLine(t, base, info); v != 1 {
+				t.Errorf("%s = %v, want 1", info, v)
+			}
+			if k := metricLine(t, base, `vitrine_stream_keyframe_interval_seconds{stream="demo"}`); k < c.keyframe-0.1 || k > c.keyframe+0.1 {
+				t.Errorf("vitrine_stream_keyframe_interval_seconds = %.2f, encoder set %.0f s", k, c.keyframe)
 			}
 		})
 	}
