@@ -22,6 +22,12 @@ var (
 	ErrKeyReused = errors.New("idempotency key already used for a different request")
 )
 
+// How long Prune keeps what it deletes.
+const (
+	KeyRetention   = 24 * time.Hour
+	EventRetention = 7 * 24 * time.Hour
+)
+
 // Order event types, as the merchant's webhook receives them.
 const (
 	EventOrderReserved  = "order.reserved"
@@ -120,6 +126,13 @@ type Store interface {
 	RetryEvent(ctx context.Context, eventID string, next time.Time, lastError string) error
 	// OutboxDepth counts events the merchant has not acknowledged yet.
 	OutboxDepth(ctx context.Context) (int64, error)
+	// Prune deletes what no rule needs any more, so the store does not
+	// grow with every buy: idempotency keys older than KeyRetention (a
+	// client retries within minutes; a key pruned is a new buy) and events
+	// the merchant acknowledged more than EventRetention ago. An event not
+	// yet acknowledged is never pruned. It may stop after a batch: call it
+	// periodically. It reports how many keys and events it deleted.
+	Prune(ctx context.Context, now time.Time) (keys, events int64, err error)
 
 	Close() error
 }

@@ -232,6 +232,7 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 	a.stop = stop
 	a.workers.Go(func() { a.sweepReservations(ctx, om) })
 	a.workers.Go(func() { a.watchOutbox(ctx, om) })
+	a.workers.Go(func() { a.pruneStore(ctx, om) })
 	if cfg.Commerce.WebhookURL != "" {
 		worker, err := overlay.NewWebhookWorker(a.store, overlay.WebhookConfig{
 			URL: cfg.Commerce.WebhookURL, Secret: []byte(cfg.Commerce.WebhookSecret), Logger: log, Metrics: om})
@@ -340,6 +341,38 @@ func (a *app) sweepReservations(ctx context.Context, m *overlay.Metrics) {
 					sh.StockChanged(sku)
 				}
 			})
+		}
+	}
+}
+
+// pruneStore deletes old idempotency keys and acknowledged events, at start
+// and every few minutes, a batch at a time until none is left.
+func (a *app) pruneStore(ctx context.Context, m *overlay.Metrics) {
+	tick := time.NewTicker(5 * time.Minute)
+	defer tick.Stop()
+	for {
+		var keys, events int64
+		for range 100 {
+			k, e, err := a.store.Prune(ctx, time.Now())
+			keys, events = keys+k, events+e
+			if err != nil {
+				if ctx.Err() == nil {
+					a.log.Warn("prune store", "err", err)
+					m.StoreErrors.WithLabelValues("prune").Inc()
+				}
+				break
+			}
+			if k == 0 && e == 0 {
+				break
+			}
+		}
+		if keys > 0 || events > 0 {
+			a.log.Info("store pruned", "idempotency_keys", keys, "delivered_events", events)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
 		}
 	}
 }

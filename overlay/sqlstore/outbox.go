@@ -103,3 +103,24 @@ func (s *Store) OutboxDepth(ctx context.Context) (int64, error) {
 	}
 	return n, nil
 }
+
+// pruneBatch bounds the rows one Prune statement deletes, so that buys
+// queued behind the writer wait for a short statement only.
+const pruneBatch = 5000
+
+// Prune implements overlay.Store.
+func (s *Store) Prune(ctx context.Context, now time.Time) (keys, events int64, err error) {
+	keys, err = s.execWrite(ctx, `DELETE FROM buy_keys WHERE (viewer_id, idempotency_key) IN
+		(SELECT viewer_id, idempotency_key FROM buy_keys WHERE created_at < $1 LIMIT $2)`,
+		micros(now.Add(-overlay.KeyRetention)), pruneBatch)
+	if err != nil {
+		return 0, 0, fmt.Errorf("prune idempotency keys: %w", err)
+	}
+	events, err = s.execWrite(ctx, `DELETE FROM outbox WHERE id IN
+		(SELECT id FROM outbox WHERE delivered_at <> 0 AND delivered_at < $1 LIMIT $2)`,
+		micros(now.Add(-overlay.EventRetention)), pruneBatch)
+	if err != nil {
+		return keys, 0, fmt.Errorf("prune delivered events: %w", err)
+	}
+	return keys, events, nil
+}

@@ -107,6 +107,7 @@ func runConformance(t *testing.T, open func(t *testing.T) *Store) {
 		{"ExpiryReturnsStock", testExpiryReturnsStock},
 		{"ConfirmAndCancel", testConfirmAndCancel},
 		{"OutboxWrittenWithChange", testOutbox},
+		{"PruneKeepsWhatRulesNeed", testPrune},
 		{"WebhookDelivery", testWebhookDelivery},
 		{"MigrationsIdempotent", testMigrationsIdempotent},
 	}
@@ -579,6 +580,73 @@ func testOutbox(t *testing.T, s *Store) {
 	due, err := s.ClaimEvents(ctx, t0.Add(5*time.Minute), 10, time.Minute)
 	if err != nil || len(due) != 1 || due[0].ID != events[1].ID || due[0].Attempts != 2 {
 		t.Fatalf("due after retry time: %+v, %v", due, err)
+	}
+}
+
+// testPrune: old idempotency keys and long-acknowledged events go; a key
+// still within its retention keeps its first result, and an event the
+// merchant never acknowledged stays however old it is.
+func testPrune(t *testing.T, s *Store) {
+	ctx := context.Background()
+	// A sale long enough to buy in across the retention.
+	if _, err := s.CreateProduct(ctx, product("pen-1", 10, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.StartSale(ctx, overlay.Sale{Stream: "live", SKU: "pen-1", PriceMinor: 1999,
+		StartsAt: t0, EndsAt: t0.Add(30 * 24 * time.Hour)}, t0); err != nil {
+		t.Fatal(err)
+	}
+	old := mustBuy(t, s, buyReq("pen-1", "ann", "key-old-1", 1), t0)
+	if _, err := s.Confirm(ctx, old.Order.ID, "ann", t0.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	// The reservation's event is acknowledged at once; the confirmation's
+	// never is.
+	events, err := s.ClaimEvents(ctx, t0.Add(time.Minute), 10, time.Minute)
+	if err != nil || len(events) != 2 {
+		t.Fatalf("claim: %+v, %v", events, err)
+	}
+	if err := s.MarkDelivered(ctx, events[0].ID, t0.Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	later := t0.Add(overlay.EventRetention + time.Hour)
+	recent := mustBuy(t, s, buyReq("pen-1", "bob", "key-recent-1", 1), later.Add(-time.Hour))
+
+	keys, pruned, err := s.Prune(ctx, later)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keys != 1 || pruned != 1 {
+		t.Errorf("pruned %d keys and %d events, want 1 and 1", keys, pruned)
+	}
+	if recent.Order == nil {
+		t.Fatalf("buy within the sale: %+v", recent)
+	}
+	if again := mustBuy(t, s, buyReq("pen-1", "bob", "key-recent-1", 1), later); again.Order == nil || again.Order.ID != recent.Order.ID {
+		t.Errorf("a key within its retention got %+v, want the first order %s", again, recent.Order.ID)
+	}
+	if again := mustBuy(t, s, buyReq("pen-1", "ann", "key-old-1", 1), later); again.Order == nil || again.Order.ID == old.Order.ID {
+		t.Errorf("a pruned key answered %+v, want a new order", again)
+	}
+	if depth, err := s.OutboxDepth(ctx); err != nil || depth < 1 {
+		t.Fatalf("outbox depth %d, %v", depth, err)
+	}
+	due, err := s.ClaimEvents(ctx, later, 100, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, e := range due {
+		found = found || e.ID == events[1].ID
+	}
+	if !found {
+		t.Error("an event the merchant never acknowledged was pruned")
+	}
+	if _, err := s.Order(ctx, old.Order.ID); err != nil {
+		t.Errorf("the order itself went with its key: %v", err)
+	}
+	if keys, pruned, err := s.Prune(ctx, later); err != nil || keys != 0 || pruned != 0 {
+		t.Errorf("second prune: %d keys, %d events, %v; want nothing left", keys, pruned, err)
 	}
 }
 
