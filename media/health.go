@@ -166,13 +166,14 @@ func (c *healthCollector) collectStream(ch chan<- prometheus.Metric, s *Stream) 
 		reencoded = 1
 	}
 	ch <- prometheus.MustNewConstMetric(c.reencoded, prometheus.GaugeValue, reencoded, s.Name)
-	if in := s.Ingest(); in != nil {
+	in := s.Ingest()
+	if in != nil {
 		vc := s.ReaderVideo().Codec()
 		ch <- prometheus.MustNewConstMetric(c.videoInfo, prometheus.GaugeValue, 1, s.Name, in.Protocol(),
 			strings.TrimPrefix(vc.MimeType, "video/"), h264Profile(vc.Fmtp), strconv.FormatBool(tc.BFrames))
 	}
 	var link creatorLink
-	if lr, ok := s.Ingest().(linkReporter); ok {
+	if lr, ok := in.(linkReporter); ok {
 		link = lr.creatorLink()
 	}
 	for _, t := range []*Track{s.Video, s.Audio} {

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"net"
 	"net/netip"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -92,7 +93,7 @@ func TestGSORuns(t *testing.T) {
 	// 1200 x3 + 700; 1200; 1300 x2; 1200 + 90 (a run's middle datagrams
 	// are as long as its first); 90 x2; 5; 1200 x2.
 	want := []int{4, 1, 2, 2, 2, 1, 2}
-	if got := s.segs[:s.n]; !equalInts(got, want) {
+	if got := s.segs[:s.n]; !slices.Equal(got, want) {
 		t.Errorf("datagrams per message %v, want %v", got, want)
 	}
 	calls, refused := s.send(b)
@@ -153,16 +154,4 @@ func TestGSORefusedFallsBack(t *testing.T) {
 	if v := counter(t, reg, "vitrine_udp_send_errors_total"); v != 0 {
 		t.Errorf("%v datagrams lost in the fallback", v)
 	}
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

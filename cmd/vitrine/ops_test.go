@@ -291,6 +291,10 @@ func TestPrometheus(t *testing.T) {
 	if out, err := exec.Command(promtool, "check", "rules", rules).CombinedOutput(); err != nil {
 		t.Errorf("promtool check rules: %v\n%s", err, out)
 	}
+	// The rules fire on the series they are meant for, and not on others.
+	if out, err := exec.Command(promtool, "test", "rules", "testdata/alerts_test.yml").CombinedOutput(); err != nil {
+		t.Errorf("promtool test rules: %v\n%s", err, out)
+	}
 
 	dir := t.TempDir()
 	port := freePort(t)
