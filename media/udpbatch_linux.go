@@ -100,9 +100,9 @@ func (s *mmsgSender) send(b *batch) (calls, refused int) {
 			break // the socket is closed: what is left is lost
 		}
 		if s.gsoFailed {
-			// This socket's path cannot segment (a device without checksum
-			// offload, say): from the refused message on, and from now on,
-			// one datagram per message.
+			// This socket's path cannot segment (EIO: an IPsec route;
+			// EINVAL: UDP checksums off): from the refused message on, and
+			// from now on, one datagram per message.
 			s.gsoFailed, s.gso = false, false
 			s.build(b, s.first[s.from])
 		}
