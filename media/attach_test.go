@@ -51,9 +51,9 @@ func TestAttach(t *testing.T) {
 	if w.n.Load() != 11 || !w.key.Load() {
 		t.Fatalf("got %d packets (first a keyframe: %v), want 11 from the keyframe on", w.n.Load(), w.key.Load())
 	}
-	// Fill the track's NACK cache (1,024 packets): until then each packet is
+	// Fill the track's NACK cache (2,048 packets): until then each packet is
 	// a new one from the pool; after, packets come back to it.
-	for range 1100 {
+	for range 2100 {
 		write(inter)
 	}
 	allocs := testing.AllocsPerRun(200, func() { write(inter) })

@@ -32,6 +32,17 @@ type DownTrack struct {
 	codec  Codec
 	writer webrtc.TrackLocalWriter
 
+	// replay is what the viewer gets before live packets when it joins or
+	// the creator changes (ReplayOff for RTSP readers).
+	replay JoinReplay
+	// readyAt is when the viewer's connection came up (unix nanoseconds;
+	// 0 before): packets written earlier are dropped by pion.
+	readyAt atomic.Int64
+	// waiting mirrors needKeyframe for the report goroutine.
+	waiting atomic.Bool
+	// lastReplay is the viewer's newest replay, for its retransmissions.
+	lastReplay atomic.Pointer[replayed]
+
 	// Owned by the shard goroutine.
 	hdr          rtp.Header
 	epoch        uint32
@@ -52,15 +63,37 @@ type DownTrack struct {
 }
 
 func newDownTrack(t *Track, id, streamID string, sendRTCP func([]rtcp.Packet) error, onCodecMismatch func()) *DownTrack {
-	return &DownTrack{
+	d := &DownTrack{
 		track:           t,
 		id:              id,
 		streamID:        streamID,
 		joined:          time.Now(),
 		sendRTCP:        sendRTCP,
 		needKeyframe:    t.kind == Video,
+		replay:          ReplayOff,
 		onCodecMismatch: onCodecMismatch,
 	}
+	d.waiting.Store(d.needKeyframe)
+	return d
+}
+
+// ready marks the viewer's connection as up: from now on what is written
+// reaches it.
+func (d *DownTrack) ready() {
+	d.readyAt.CompareAndSwap(0, time.Now().UnixNano())
+	d.track.viewerReady()
+}
+
+// stalled reports whether the viewer has been able to receive for a second
+// and still waits for a keyframe.
+func (d *DownTrack) stalled(now time.Time) bool {
+	at := d.readyAt.Load()
+	return at != 0 && d.waiting.Load() && now.UnixNano()-at > int64(time.Second)
+}
+
+func (d *DownTrack) setNeedKeyframe(need bool) {
+	d.needKeyframe = need
+	d.waiting.Store(need)
 }
 
 // ID is the track id in the viewer's SDP.
@@ -135,8 +168,11 @@ func (d *DownTrack) Unbind(webrtc.TrackLocalContext) error {
 }
 
 // writePacket runs on the track's shard goroutine, once per packet per
-// viewer: it must not allocate or block. It reports whether it sent p.
-func (d *DownTrack) writePacket(p *Packet) bool {
+// viewer: it must not allocate or block. It reports whether it sent p. A
+// viewer that needs a keyframe first gets the cached group of pictures
+// before p (replay is the shard's scratch space for it), or waits for a
+// keyframe.
+func (d *DownTrack) writePacket(p *Packet, replay *[]*Packet) bool {
 	if !d.bound.Load() || d.mismatch {
 		return false
 	}
@@ -144,7 +180,7 @@ func (d *DownTrack) writePacket(p *Packet) bool {
 		// A new source: its codec may differ, and the decoder needs a
 		// keyframe from it before anything else.
 		d.epoch = p.Epoch
-		d.needKeyframe = d.track.kind == Video
+		d.setNeedKeyframe(d.track.kind == Video)
 		if c := d.track.Codec(); !d.codec.SameFormat(c) {
 			d.mismatch = true
 			if d.onCodecMismatch != nil {
@@ -153,8 +189,12 @@ func (d *DownTrack) writePacket(p *Packet) bool {
 			return false
 		}
 	}
-	if d.needKeyframe && !p.Keyframe {
-		return false
+	if d.needKeyframe {
+		if d.replay != ReplayOff && d.readyAt.Load() != 0 && d.replayBefore(p, replay) {
+			d.setNeedKeyframe(false)
+		} else if !p.Keyframe {
+			return false
+		}
 	}
 	d.hdr = p.Header
 	d.hdr.SSRC = d.ssrc
@@ -171,13 +211,60 @@ func (d *DownTrack) writePacket(p *Packet) bool {
 		// waited for the next one).
 		return false
 	}
-	d.needKeyframe = false
+	d.setNeedKeyframe(false)
+	d.sent(len(p.Payload))
+	return true
+}
+
+func (d *DownTrack) sent(bytes int) {
 	if !d.started {
 		d.started = true
 		d.track.metrics.JoinSeconds.WithLabelValues(d.track.kind.String()).Observe(time.Since(d.joined).Seconds())
 	}
 	d.packets.Add(1)
-	d.octets.Add(uint32(len(p.Payload)))
+	d.octets.Add(uint32(bytes))
+}
+
+// replayBefore writes the viewer the cached packets that precede p, from
+// the group's keyframe on, and reports whether it did: the viewer then
+// decodes p and what follows without waiting for a new keyframe. With
+// ReplaySqueezed their timestamps are pulled in just before p's, so the
+// browser shows them at once and p on time, level with every other viewer.
+func (d *DownTrack) replayBefore(p *Packet, scratch *[]*Packet) bool {
+	pkts := d.track.replayBefore(p, (*scratch)[:0])
+	defer func() {
+		for i, q := range pkts {
+			q.release()
+			pkts[i] = nil
+		}
+		*scratch = pkts[:0]
+	}()
+	if len(pkts) == 0 {
+		return false
+	}
+	r := &replayed{first: pkts[0].Header.SequenceNumber, last: pkts[len(pkts)-1].Header.SequenceNumber, end: p.Header.Timestamp}
+	if d.replay != ReplaySqueezed {
+		r = nil
+	}
+	m := d.track.metrics
+	for i, q := range pkts {
+		d.hdr = q.Header
+		d.hdr.SSRC = d.ssrc
+		d.hdr.PayloadType = d.pt
+		d.hdr.Timestamp = r.timestamp(q.Header.SequenceNumber, q.Header.Timestamp)
+		n, err := d.writer.WriteRTP(&d.hdr, q.Payload)
+		if err != nil || n == 0 {
+			if i == 0 {
+				return false // not sent: the viewer still needs its keyframe
+			}
+			m.dropped(d.track.kind, "write_error")
+			continue // the viewer asks for it again (NACK)
+		}
+		d.sent(len(q.Payload))
+	}
+	d.lastReplay.Store(r)
+	m.JoinReplays.Inc()
+	m.ReplayedPackets.Add(float64(len(pkts)))
 	return true
 }
 
@@ -233,9 +320,11 @@ func (d *DownTrack) retransmit(seq uint16) {
 	}
 	defer p.release()
 	var err error
+	ts := d.lastReplay.Load().timestamp(seq, p.Header.Timestamp)
 	if d.rtxSSR != 0 {
 		// RFC 4588: the original sequence number, then the payload.
 		d.rtxHdr = p.Header
+		d.rtxHdr.Timestamp = ts
 		d.rtxHdr.SSRC, d.rtxHdr.PayloadType, d.rtxHdr.SequenceNumber = d.rtxSSR, d.rtxPT, d.rtxSeq
 		d.rtxHdr.Padding, d.rtxHdr.PaddingSize = false, 0
 		d.rtxSeq++
@@ -244,6 +333,7 @@ func (d *DownTrack) retransmit(seq uint16) {
 		_, err = d.writer.WriteRTP(&d.rtxHdr, d.rtxBuf[:2+n])
 	} else {
 		d.rtxHdr = p.Header
+		d.rtxHdr.Timestamp = ts
 		d.rtxHdr.SSRC, d.rtxHdr.PayloadType = d.ssrc, d.pt
 		_, err = d.writer.WriteRTP(&d.rtxHdr, p.Payload)
 	}

@@ -24,6 +24,8 @@ type Metrics struct {
 	KeyframeRequests prometheus.Counter
 	BadRTCP          prometheus.Counter
 	JoinSeconds      *prometheus.HistogramVec
+	JoinReplays      prometheus.Counter
+	ReplayedPackets  prometheus.Counter
 	Publishers       *prometheus.CounterVec
 
 	// MaxStreamSeries caps how many streams get per-stream health series
@@ -81,12 +83,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name:    "vitrine_join_seconds",
 			Help:    "Time from a viewer's offer to the first packet sent to it (for video: the first keyframe).",
 			Buckets: []float64{.05, .1, .15, .25, .5, .75, 1, 2, 4, 8, 15}}, kinds),
+		JoinReplays: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vitrine_join_replays_total", Help: "Viewers started on the cached group of pictures instead of waiting for a keyframe."}),
+		ReplayedPackets: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vitrine_join_replayed_packets_total", Help: "Video packets sent to joining viewers from the group-of-pictures cache."}),
 		Publishers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vitrine_publish_sessions_total", Help: "Creator sessions started, by ingest protocol."}, []string{"protocol"}),
 	}
 	reg.MustRegister(m.StreamsLive, m.Viewers, m.PacketsIn, m.BytesIn, m.PacketsOut, m.BytesOut, m.Dropped,
 		m.UDPDatagrams, m.UDPSends, m.UDPSendErrors, m.UDPGSO,
-		m.NACKs, m.Retransmits, m.PLIs, m.KeyframeRequests, m.BadRTCP, m.JoinSeconds, m.Publishers)
+		m.NACKs, m.Retransmits, m.PLIs, m.KeyframeRequests, m.BadRTCP, m.JoinSeconds, m.JoinReplays, m.ReplayedPackets, m.Publishers)
 	reg.MustRegister(newHealthCollector(m))
 	// Series an operator graphs or alerts on exist from the start, at 0.
 	for _, r := range []string{"sent", "miss", "error"} {

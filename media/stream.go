@@ -52,6 +52,13 @@ type StreamOptions struct {
 	// RTSP readers keep the original. 0: never (viewers wait for the
 	// encoder's next keyframe).
 	ReencodeKeyframesOver time.Duration
+	// JoinReplay is what a viewer joining mid-stream starts on (see
+	// JoinReplay); "" is ReplaySqueezed. GOPCacheBytes and GOPCacheAge
+	// bound the cached group of pictures: past them, joiners wait for a
+	// keyframe as with ReplayOff.
+	JoinReplay    JoinReplay
+	GOPCacheBytes int
+	GOPCacheAge   time.Duration
 }
 
 // Stream is one live channel: a video track, an audio track, one creator at
@@ -94,6 +101,15 @@ func NewStream(name string, opts StreamOptions, m *Metrics, log *slog.Logger) *S
 	if opts.StaleAfter <= 0 {
 		opts.StaleAfter = 3 * time.Second
 	}
+	if opts.JoinReplay == "" {
+		opts.JoinReplay = ReplaySqueezed
+	}
+	if opts.GOPCacheBytes <= 0 {
+		opts.GOPCacheBytes = DefaultGOPCacheBytes
+	}
+	if opts.GOPCacheAge <= 0 {
+		opts.GOPCacheAge = DefaultGOPCacheAge
+	}
 	s := &Stream{
 		Name:      name,
 		Video:     newTrack(Video, name, DefaultVideoCodec, m, opts.KeyframeInterval),
@@ -105,6 +121,7 @@ func NewStream(name string, opts StreamOptions, m *Metrics, log *slog.Logger) *S
 		listeners: map[int]func(State, string){},
 		viewers:   map[*Viewer]struct{}{},
 	}
+	s.Video.enableReplay(opts.JoinReplay, opts.GOPCacheBytes, opts.GOPCacheAge)
 	m.addStream(s)
 	return s
 }

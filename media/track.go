@@ -40,6 +40,7 @@ type Track struct {
 	lastTS    uint32
 	lastAt    time.Time
 	clock     senderClock
+	gop       gopCache // video only: what joining viewers start on
 	kfLast    time.Time
 	kfPending bool
 	shards    []*shard
@@ -65,6 +66,7 @@ type shard struct {
 	viewers atomic.Pointer[[]*DownTrack]
 	done    chan struct{}
 	forward latencyHist
+	replay  []*Packet // reused for each joining viewer's replay
 }
 
 // shardQueue is how many packets a shard may lag behind ingest before its
@@ -72,7 +74,9 @@ type shard struct {
 const shardQueue = 128
 
 func newTrack(kind Kind, stream string, codec Codec, m *Metrics, keyframeInterval time.Duration) *Track {
-	cacheSize := 1024
+	// Video's NACK cache covers a replayed group of pictures of a few
+	// seconds, whose packets a joining viewer may ask for again.
+	cacheSize := 2048
 	if kind == Audio {
 		cacheSize = 256
 	}
@@ -84,6 +88,7 @@ func newTrack(kind Kind, stream string, codec Codec, m *Metrics, keyframeInterva
 		cache:            newPacketCache(cacheSize),
 		keyframeInterval: keyframeInterval,
 		codec:            &codec,
+		gop:              gopCache{mode: ReplayOff},
 		stop:             make(chan struct{}),
 	}
 	n := runtime.GOMAXPROCS(0)
@@ -141,6 +146,7 @@ func (t *Track) NewSource(codec Codec, requestKeyframe func()) *Source {
 	t.codec = s.codec
 	t.epoch++
 	t.clock = senderClock{}
+	t.gop.reset()
 	// The creator's health is per session: a new encoder has its own
 	// keyframe interval and rates (the counters themselves keep counting).
 	t.in.newSource()
@@ -206,6 +212,7 @@ func (s *Source) WriteRTP(h *rtp.Header, payload []byte) error {
 		t.lastSeq = p.Header.SequenceNumber
 		t.lastTS = p.Header.Timestamp
 		t.lastAt = now
+		t.gop.add(p, now)
 	}
 	t.cache.put(p)
 	t.in.count(p, s.codec.ClockRate)
@@ -310,6 +317,40 @@ func (t *Track) RequestKeyframe() {
 	ask()
 }
 
+// enableReplay turns on the group-of-pictures cache that viewers joining
+// mid-stream start on (a stream's Video track; not the original video of a
+// re-encode, which only RTSP readers take).
+func (t *Track) enableReplay(mode JoinReplay, maxBytes int, maxAge time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.gop = gopCache{mode: mode, maxBytes: maxBytes, maxAge: maxAge}
+}
+
+// replayBefore appends to out, retained, the cached packets a viewer needs
+// before p to start decoding; nothing if the cache cannot serve.
+func (t *Track) replayBefore(p *Packet, out []*Packet) []*Packet {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.gop.before(p, time.Now(), out)
+}
+
+// viewerReady is called when a viewer's connection is up and it can
+// receive. It starts on the cached group of pictures if there is one; the
+// creator is asked for a keyframe when there is none (the viewer waits for
+// it), or when the group is old (so later joiners get a short replay).
+func (t *Track) viewerReady() {
+	if t.kind != Video {
+		return
+	}
+	t.mu.Lock()
+	now := time.Now()
+	ask := !t.gop.usable(t.epoch, now) || now.Sub(t.gop.at) > gopRefreshAfter
+	t.mu.Unlock()
+	if ask {
+		t.RequestKeyframe()
+	}
+}
+
 func (t *Track) sendPendingKeyframeRequest() {
 	t.mu.Lock()
 	t.kfPending = false
@@ -389,7 +430,7 @@ func (t *Track) runShard(sh *shard) {
 		}
 		for _, d := range *sh.viewers.Load() {
 			for i, q := range burst[:n] {
-				if d.writePacket(q) {
+				if d.writePacket(q, &sh.replay) {
 					sent[i]++
 				}
 			}
@@ -418,6 +459,7 @@ func (t *Track) close() {
 	}
 	t.closed = true
 	t.source = nil
+	t.gop.reset()
 	t.mu.Unlock()
 	close(t.stop)
 	for _, sh := range t.shards {
@@ -442,10 +484,19 @@ func (t *Track) sendReports() {
 			if !ok {
 				continue
 			}
+			stalled := false
 			for _, d := range t.downTracks() {
 				if sr := d.senderReport(now, rtpTime); sr != nil {
 					_ = d.sendRTCP([]rtcp.Packet{sr})
 				}
+				stalled = stalled || d.stalled(now)
+			}
+			if stalled {
+				// A keyframe request can be lost (RTCP over UDP) or
+				// ignored (a browser's encoder drops requests that come
+				// too soon after the last one): ask again while a viewer
+				// that can receive still has no picture.
+				t.RequestKeyframe()
 			}
 		}
 	}

@@ -72,6 +72,7 @@ func (w *WebRTC) Watch(ctx context.Context, s *Stream, offer string, hooks Viewe
 	}
 	for _, t := range tracks {
 		d := newDownTrack(t, t.Kind().String(), "vitrine-"+s.Name, pc.WriteRTCP, v.Close)
+		d.replay = s.opts.JoinReplay
 		sender, err := pc.AddTrack(d)
 		if err != nil {
 			pc.Close()
@@ -100,10 +101,12 @@ func (w *WebRTC) Watch(ctx context.Context, s *Stream, offer string, hooks Viewe
 	pc.OnConnectionStateChange(func(st webrtc.PeerConnectionState) {
 		switch st {
 		case webrtc.PeerConnectionStateConnected:
-			// The viewer can receive now: ask the creator for the keyframe
-			// it starts on (throttled per track). Asked any earlier, the
-			// keyframe may come before the viewer's DTLS handshake is done.
-			s.Video.RequestKeyframe()
+			// The viewer can receive now: it starts on the cached group
+			// of pictures, or asks the creator for a keyframe. Before,
+			// pion drops what is written (no DTLS keys yet).
+			for _, d := range v.tracks {
+				d.ready()
+			}
 		case webrtc.PeerConnectionStateFailed, webrtc.PeerConnectionStateClosed:
 			v.Close()
 		}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vitrine-live/vitrine/media"
 	"github.com/vitrine-live/vitrine/signaling"
 	"go.yaml.in/yaml/v3"
 )
@@ -44,6 +45,11 @@ type Config struct {
 		// keyframe as they join. 0 = never. Env
 		// VITRINE_REENCODE_KEYFRAMES_OVER.
 		ReencodeKeyframesOver time.Duration `yaml:"reencode_keyframes_over"`
+		// JoinReplay: squeezed, original or off (env VITRINE_JOIN_REPLAY);
+		// GOPCacheBytes and GOPCacheAge bound the cached group of pictures.
+		JoinReplay    string        `yaml:"join_replay"`
+		GOPCacheBytes int           `yaml:"gop_cache_bytes"`
+		GOPCacheAge   time.Duration `yaml:"gop_cache_age"`
 	} `yaml:"streams"`
 
 	Commerce struct {
@@ -90,6 +96,9 @@ func defaultConfig() Config {
 	c.Streams.KeyframeInterval = 250 * time.Millisecond
 	c.Streams.StaleAfter = 3 * time.Second
 	c.Streams.ReencodeKeyframesOver = 2 * time.Second
+	c.Streams.JoinReplay = string(media.ReplaySqueezed)
+	c.Streams.GOPCacheBytes = media.DefaultGOPCacheBytes
+	c.Streams.GOPCacheAge = media.DefaultGOPCacheAge
 	c.Commerce.ReservationTTL = 5 * time.Minute
 	c.CORS.AllowOrigins = []string{"*"}
 	c.Demo.Enabled = true
@@ -162,6 +171,7 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 		}
 		c.Streams.ReencodeKeyframesOver = d
 	}
+	envString("VITRINE_JOIN_REPLAY", &c.Streams.JoinReplay)
 	if v := getenv("VITRINE_NAT_1TO1_IPS"); v != "" {
 		c.WebRTC.NAT1To1IPs = strings.Split(v, ",")
 	}
@@ -189,6 +199,14 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	}
 	if c.Streams.ReencodeKeyframesOver < 0 {
 		return c, fmt.Errorf("streams.reencode_keyframes_over %s: want 0 (never) or a duration", c.Streams.ReencodeKeyframesOver)
+	}
+	switch media.JoinReplay(c.Streams.JoinReplay) {
+	case media.ReplaySqueezed, media.ReplayOriginal, media.ReplayOff:
+	default:
+		return c, fmt.Errorf("streams.join_replay %q: want squeezed, original or off", c.Streams.JoinReplay)
+	}
+	if c.Streams.GOPCacheBytes < 0 || c.Streams.GOPCacheAge < 0 {
+		return c, fmt.Errorf("streams.gop_cache_bytes and gop_cache_age must not be negative")
 	}
 	if c.WebRTC.UDPPort < 0 || c.WebRTC.UDPPort > 65535 {
 		return c, fmt.Errorf("udp port %d out of range", c.WebRTC.UDPPort)

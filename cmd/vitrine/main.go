@@ -135,7 +135,8 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 	}
 	a.rtc = rtc
 	opts := media.StreamOptions{Grace: cfg.Streams.Grace, KeyframeInterval: cfg.Streams.KeyframeInterval, StaleAfter: cfg.Streams.StaleAfter,
-		ReencodeKeyframesOver: cfg.Streams.ReencodeKeyframesOver}
+		ReencodeKeyframesOver: cfg.Streams.ReencodeKeyframesOver, JoinReplay: media.JoinReplay(cfg.Streams.JoinReplay),
+		GOPCacheBytes: cfg.Streams.GOPCacheBytes, GOPCacheAge: cfg.Streams.GOPCacheAge}
 	a.streams, err = signaling.OpenStreams(filepath.Join(cfg.Data, "streams.json"), func(name string) *media.Stream {
 		return media.NewStream(name, opts, mm, log)
 	})
