@@ -228,8 +228,7 @@ func (d *DownTrack) sent(bytes int) {
 // replayBefore writes the viewer the cached packets that precede p, from
 // the group's keyframe on, and reports whether it did: the viewer then
 // decodes p and what follows without waiting for a new keyframe. With
-// ReplaySqueezed their timestamps are pulled in just before p's, so the
-// browser shows them at once and p on time, level with every other viewer.
+// ReplaySqueezed their timestamps are pulled in just before p's.
 func (d *DownTrack) replayBefore(p *Packet, scratch *[]*Packet) bool {
 	pkts := d.track.replayBefore(p, (*scratch)[:0])
 	defer func() {

@@ -4,18 +4,20 @@ import "time"
 
 // JoinReplay says what a viewer who joins mid-stream is sent before the
 // live packets: the cached group of pictures from its keyframe on, so it
-// needs no keyframe from the creator. docs/design.md has the figures that
-// chose ReplaySqueezed.
+// needs no keyframe from the creator. docs/design.md has the Chromium
+// figures that chose ReplayOriginal.
 type JoinReplay string
 
 const (
-	// ReplaySqueezed sends the cached frames back to back with their
-	// timestamps squeezed just before the live one: the browser decodes
-	// them at once and shows the live frame next, level with everyone.
-	ReplaySqueezed JoinReplay = "squeezed"
-	// ReplayOriginal sends them back to back with their own timestamps:
-	// the browser plays them at their pace, behind live by the GOP's age.
+	// ReplayOriginal sends the cached frames back to back with their own
+	// timestamps. Chromium decodes them as they come and is level with
+	// live within a second; no freeze was seen.
 	ReplayOriginal JoinReplay = "original"
+	// ReplaySqueezed sends them back to back with their timestamps pulled
+	// in just before the live one, so a player's jitter buffer is never
+	// told they are old. Chromium sometimes found them late and dropped
+	// some, then froze until the next keyframe: kept as an option only.
+	ReplaySqueezed JoinReplay = "squeezed"
 	// ReplayOff sends nothing cached: the viewer waits for a keyframe
 	// asked of the creator, or for the encoder's next one.
 	ReplayOff JoinReplay = "off"

@@ -53,7 +53,7 @@ type StreamOptions struct {
 	// encoder's next keyframe).
 	ReencodeKeyframesOver time.Duration
 	// JoinReplay is what a viewer joining mid-stream starts on (see
-	// JoinReplay); "" is ReplaySqueezed. GOPCacheBytes and GOPCacheAge
+	// JoinReplay); "" is ReplayOriginal. GOPCacheBytes and GOPCacheAge
 	// bound the cached group of pictures: past them, joiners wait for a
 	// keyframe as with ReplayOff.
 	JoinReplay    JoinReplay
@@ -102,7 +102,7 @@ func NewStream(name string, opts StreamOptions, m *Metrics, log *slog.Logger) *S
 		opts.StaleAfter = 3 * time.Second
 	}
 	if opts.JoinReplay == "" {
-		opts.JoinReplay = ReplaySqueezed
+		opts.JoinReplay = ReplayOriginal
 	}
 	if opts.GOPCacheBytes <= 0 {
 		opts.GOPCacheBytes = DefaultGOPCacheBytes

@@ -45,7 +45,7 @@ type Config struct {
 		// keyframe as they join. 0 = never. Env
 		// VITRINE_REENCODE_KEYFRAMES_OVER.
 		ReencodeKeyframesOver time.Duration `yaml:"reencode_keyframes_over"`
-		// JoinReplay: squeezed, original or off (env VITRINE_JOIN_REPLAY);
+		// JoinReplay: original, squeezed or off (env VITRINE_JOIN_REPLAY);
 		// GOPCacheBytes and GOPCacheAge bound the cached group of pictures.
 		JoinReplay    string        `yaml:"join_replay"`
 		GOPCacheBytes int           `yaml:"gop_cache_bytes"`
@@ -96,7 +96,7 @@ func defaultConfig() Config {
 	c.Streams.KeyframeInterval = 250 * time.Millisecond
 	c.Streams.StaleAfter = 3 * time.Second
 	c.Streams.ReencodeKeyframesOver = 2 * time.Second
-	c.Streams.JoinReplay = string(media.ReplaySqueezed)
+	c.Streams.JoinReplay = string(media.ReplayOriginal)
 	c.Streams.GOPCacheBytes = media.DefaultGOPCacheBytes
 	c.Streams.GOPCacheAge = media.DefaultGOPCacheAge
 	c.Commerce.ReservationTTL = 5 * time.Minute
@@ -203,7 +203,7 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	switch media.JoinReplay(c.Streams.JoinReplay) {
 	case media.ReplaySqueezed, media.ReplayOriginal, media.ReplayOff:
 	default:
-		return c, fmt.Errorf("streams.join_replay %q: want squeezed, original or off", c.Streams.JoinReplay)
+		return c, fmt.Errorf("streams.join_replay %q: want original, squeezed or off", c.Streams.JoinReplay)
 	}
 	if c.Streams.GOPCacheBytes < 0 || c.Streams.GOPCacheAge < 0 {
 		return c, fmt.Errorf("streams.gop_cache_bytes and gop_cache_age must not be negative")

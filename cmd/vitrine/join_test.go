@@ -132,7 +132,7 @@ func (e *browserEncoder) play(ctx context.Context, video *webrtc.TrackLocalStati
 // on the cached first keyframe; with the cache off, on a keyframe request
 // repeated while it waits.
 func TestGoLiveRace(t *testing.T) {
-	for _, replay := range []string{"squeezed", "off"} {
+	for _, replay := range []string{"original", "off"} {
 		t.Run(replay, func(t *testing.T) { goLiveRace(t, replay) })
 	}
 }

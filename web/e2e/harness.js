@@ -20,7 +20,8 @@ function freePort() {
   });
 }
 
-export async function startServer() {
+// env adds to the server's environment (configuration by VITRINE_* variables).
+export async function startServer(env = {}) {
   const bin = process.env.VITRINE_BIN;
   if (!bin) throw new Error('VITRINE_BIN must name a built vitrine binary (.ci/test.sh builds it)');
   const dir = mkdtempSync(path.join(os.tmpdir(), 'vitrine-e2e-'));
@@ -30,7 +31,7 @@ export async function startServer() {
   // ICE on loopback only: tests send nothing off this machine.
   writeFileSync(cfg, `http: "127.0.0.1:${port}"\ndata: "${dir}/data"\nwebrtc:\n  listen_ip: "127.0.0.1"\n  udp_port: 0\n  include_loopback: true\nrtmp:\n  address: "127.0.0.1:${rtmpPort}"\nrtsp:\n  address: ""\nlog:\n  level: warn\n`);
   const proc = spawn(bin, ['-config', cfg], {
-    env: { ...process.env, VITRINE_ADMIN_TOKEN: ADMIN, VITRINE_DEMO_KEY: KEY },
+    env: { ...process.env, VITRINE_ADMIN_TOKEN: ADMIN, VITRINE_DEMO_KEY: KEY, ...env },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   const base = `http://127.0.0.1:${port}`;
