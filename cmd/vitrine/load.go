@@ -17,6 +17,9 @@ import (
 
 // load is `vitrine load`: a load test against any Vitrine (see
 // signaling/client/loadtest). Progress goes to stderr, the report to stdout.
+// -pli-answer makes the publisher answer keyframe requests like a browser
+// (all), a rate-limited encoder (1s) or a fixed-interval one (none), to
+// measure how long joiners wait for a picture with each.
 func load(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("vitrine load", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -36,11 +39,12 @@ func load(args []string, stdout, stderr io.Writer) error {
 	loopback := fs.Bool("loopback", false, "ICE on 127.0.0.1 only (server on this machine)")
 	localIP := fs.String("local-ip", "", "ICE on this one local IPv4 address only (publisher and viewers)")
 	nack := fs.Bool("nack", false, "lite viewers ask for lost video packets again (NACK, RTX) as browsers do, and report what came back")
+	pliAnswer := fs.String("pli-answer", "all", "how the publisher answers keyframe requests (PLI/FIR): all (a keyframe at the next frame, like a browser), 1s (at most one a second, the rest dropped, like rate-limited hardware encoders) or none (only the clip's own keyframes, every 2 s in the embedded clip, like OBS or an RTSP camera)")
 	pace := fs.Float64("pace", 0, "spread each video frame's packets at this multiple of the clip's bitrate, as browsers do (Chrome: 2.5); 0: back to back")
 	asJSON := fs.Bool("json", false, "write the report as JSON")
 	cpuProfile := fs.String("cpuprofile", "", "write the load tool's own CPU profile to this file")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: vitrine load [flags]\n\nPublishes a clip over WHIP (with -key) and joins WHEP viewers, then reports delivery, loss, join times, latency and CPU per packet.")
+		fmt.Fprintln(stderr, "usage: vitrine load [flags]\n\nPublishes a clip over WHIP (with -key) and joins WHEP viewers, then reports delivery, loss, join times\n(to the first packet, the first keyframe, the first complete keyframe a decoder could show), how far\nbehind live joiners are 2 s in, latency, keyframe requests answered and CPU per packet.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -55,6 +59,11 @@ func load(args []string, stdout, stderr io.Writer) error {
 		Loopback: *loopback, LocalIP: *localIP, NACK: *nack, Pace: *pace,
 		Progress: func(p loadtest.Progress) { printProgress(stderr, p) },
 	}
+	answer, err := loadtest.ParsePLIAnswer(*pliAnswer)
+	if err != nil {
+		return err
+	}
+	cfg.PLIAnswer = answer
 	switch *viewerKind {
 	case "lite":
 	case "pion":

@@ -3,6 +3,7 @@ package loadtest
 import (
 	"bytes"
 	_ "embed"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -143,28 +144,54 @@ func isKeyframe(p []byte) bool {
 	return false
 }
 
+// opensAccessUnit says whether an H.264 RTP payload can only be the first
+// of an access unit: an access unit delimiter or SPS, alone or first in a
+// STAP-A (H.264 7.4.1.2.3: nothing of the unit comes before them). An IDR
+// slice without them may follow a PPS or SEI of its own unit.
+func opensAccessUnit(p []byte) bool {
+	if len(p) < 2 {
+		return false
+	}
+	t := p[0] & 0x1f
+	if t == 24 { // STAP-A: 2-byte size, then the first NAL's header
+		if len(p) < 4 {
+			return false
+		}
+		t = p[3] & 0x1f
+	}
+	return t == 7 || t == 9
+}
+
+// rtpHead is what the viewers' bookkeeping reads from an RTP header.
+type rtpHead struct {
+	seq    uint16
+	ts     uint32
+	marker bool // the last packet of a frame
+}
+
 // rtpPayload returns the payload of a raw RTP packet, or nil when the header
 // does not parse. Cheaper than rtp.Packet.Unmarshal: no allocation, no copy.
-func rtpPayload(b []byte) (payload []byte, seq uint16) {
+func rtpPayload(b []byte) (payload []byte, h rtpHead) {
 	if len(b) < 12 || b[0]>>6 != 2 {
-		return nil, 0
+		return nil, h
 	}
 	n := 12 + 4*int(b[0]&0x0f)
 	if b[0]&0x10 != 0 { // extension
 		if len(b) < n+4 {
-			return nil, 0
+			return nil, h
 		}
 		n += 4 + 4*(int(b[n+2])<<8|int(b[n+3]))
 	}
 	end := len(b)
 	if b[0]&0x20 != 0 { // padding
 		if end == 0 || int(b[end-1]) > end-n {
-			return nil, 0
+			return nil, h
 		}
 		end -= int(b[end-1])
 	}
 	if n > end {
-		return nil, 0
+		return nil, h
 	}
-	return b[n:end], uint16(b[2])<<8 | uint16(b[3])
+	h = rtpHead{seq: binary.BigEndian.Uint16(b[2:]), ts: binary.BigEndian.Uint32(b[4:]), marker: b[1]&0x80 != 0}
+	return b[n:end], h
 }

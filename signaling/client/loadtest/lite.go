@@ -507,24 +507,25 @@ func (s *liteSession) datagram(b []byte, from netip.AddrPort, now int64, dec []b
 		if err != nil {
 			return
 		}
-		payload, seq := rtpPayload(out)
+		payload, h := rtpPayload(out)
 		if payload == nil {
 			return
 		}
 		switch pt := hdr.PayloadType; {
 		case pt == s.videoPT:
-			s.v.packet(kindVideo, payload, seq, now, true)
+			s.v.packet(kindVideo, payload, h, now, true)
 			if s.nack != nil {
 				s.videoSSRC = hdr.SSRC
-				s.recover(seq, now)
+				s.recover(h.seq, now)
 			}
 		case pt == s.audioPT:
-			s.v.packet(kindAudio, payload, seq, now, false)
+			s.v.packet(kindAudio, payload, h, now, false)
 		case pt == s.rtxPT && pt != 0 && len(payload) >= 2:
-			// RFC 4588: the original sequence number, then the payload.
-			seq = binary.BigEndian.Uint16(payload)
-			s.v.packet(kindVideo, payload[2:], seq, now, true)
-			s.recover(seq, now)
+			// RFC 4588: the original sequence number, then the payload;
+			// timestamp and marker are the original's.
+			h.seq = binary.BigEndian.Uint16(payload)
+			s.v.packet(kindVideo, payload[2:], h, now, true)
+			s.recover(h.seq, now)
 		}
 	}
 }

@@ -1,9 +1,13 @@
 // Package loadtest is the engine of `vitrine load`: it publishes a clip to
 // a Vitrine stream over WHIP (or leaves publishing to someone else), joins N
 // WHEP viewers with the overlay data channel at a given rate, and measures
-// delivery, loss, join times, forwarding latency, cue lag and the CPU each
-// side spends per packet. Viewers are built to cost less than the server
-// spends on them, so one machine can load another.
+// delivery, loss, join times (to the first packet, the first keyframe
+// packet, the first complete keyframe a decoder could show), how far behind
+// live a joiner is, forwarding latency, cue lag and the CPU each side spends
+// per packet. The publisher answers keyframe requests like a browser, a
+// rate-limited encoder or not at all (Config.PLIAnswer). Viewers are built
+// to cost less than the server spends on them, so one machine can load
+// another.
 package loadtest
 
 import (
@@ -69,6 +73,67 @@ type Config struct {
 	PionViewers bool
 	// JoinTimeout bounds one viewer's offer/answer and ICE (default 15 s).
 	JoinTimeout time.Duration
+	// PLIAnswer is how the publisher answers the server's keyframe
+	// requests (PLI, FIR); "" is PLIAnswerAll.
+	PLIAnswer PLIAnswer
+}
+
+// PLIAnswer is how the tool's publisher answers keyframe requests.
+type PLIAnswer string
+
+const (
+	// PLIAnswerAll answers every request with a keyframe at the next
+	// frame, as browsers' encoders do.
+	PLIAnswerAll PLIAnswer = "all"
+	// PLIAnswer1s answers at most one request a second, as rate-limited
+	// hardware encoders do: a request answered, those in the second after
+	// it are dropped (not deferred), the first one after that is answered.
+	PLIAnswer1s PLIAnswer = "1s"
+	// PLIAnswerNone never answers, like OBS with a fixed keyframe interval
+	// or an RTSP camera: the clip's own keyframes (every 2 s in the
+	// embedded clip) are all viewers get.
+	PLIAnswerNone PLIAnswer = "none"
+)
+
+// ParsePLIAnswer reads a -pli-answer value.
+func ParsePLIAnswer(s string) (PLIAnswer, error) {
+	switch a := PLIAnswer(s); a {
+	case PLIAnswerAll, PLIAnswer1s, PLIAnswerNone:
+		return a, nil
+	}
+	return "", fmt.Errorf("load: keyframe request answer %q: want all, 1s or none", s)
+}
+
+// keyframeThrottle decides which keyframe requests the publisher answers.
+// Requests come on the RTCP goroutines of both senders.
+type keyframeThrottle struct {
+	mode     PLIAnswer
+	mu       sync.Mutex
+	answered bool  // any request answered yet
+	last     int64 // ns since run start: when the last answered one came
+}
+
+// answer says whether the request that came at now gets a keyframe.
+func (t *keyframeThrottle) answer(now int64) bool {
+	switch t.mode {
+	case PLIAnswerNone:
+		return false
+	case PLIAnswer1s:
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		if t.answered && now-t.last < int64(time.Second) {
+			return false
+		}
+		t.answered, t.last = true, now
+	}
+	return true
+}
+
+// keyframeCounts is what became of the server's keyframe requests.
+type keyframeCounts struct {
+	reached  atomic.Uint64 // PLI/FIR that reached the publisher
+	answered atomic.Uint64 // of those, answered with a keyframe at the next frame
+	made     atomic.Uint64 // keyframes the send loop made for them (requests between two frames share one)
 }
 
 // Progress is a live view of a run.
@@ -113,15 +178,17 @@ func (p *payloadIndex) add(payload []byte) int32 {
 // when each recent one was written; per payload class the ordinal of its
 // latest send. Written by the two send loops, read by every viewer.
 type sendLog struct {
-	sent  [2]atomic.Uint64
-	times [2][ringSize]atomic.Int64 // ns since run start, by ordinal % ringSize
-	last  []atomic.Uint64           // class -> ordinal of its latest send
+	sent   [2]atomic.Uint64
+	times  [2][ringSize]atomic.Int64 // ns since run start, by ordinal % ringSize
+	newest [2]atomic.Int64           // ns since run start: the latest send
+	last   []atomic.Uint64           // class -> ordinal of its latest send
 }
 
-// record notes a packet about to be written and returns its ordinal.
+// record notes a packet about to be written.
 func (l *sendLog) record(kind int, class int32, now int64) {
 	o := l.sent[kind].Add(1)
 	l.times[kind][o%ringSize].Store(now)
+	l.newest[kind].Store(now)
 	l.last[class].Store(o)
 }
 
@@ -140,8 +207,8 @@ type run struct {
 	viewersMu sync.Mutex
 	viewers   []*viewer
 
-	keyRequests atomic.Uint64
-	pli         chan struct{}
+	keyframes keyframeCounts
+	pli       chan struct{} // a keyframe request to answer at the next frame
 
 	cueMu   sync.Mutex
 	cueSent []int64 // ns since start, by cue number
@@ -174,6 +241,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if cfg.JoinTimeout <= 0 {
 		cfg.JoinTimeout = 15 * time.Second
+	}
+	if cfg.PLIAnswer == "" {
+		cfg.PLIAnswer = PLIAnswerAll
+	}
+	if _, err := ParsePLIAnswer(string(cfg.PLIAnswer)); err != nil {
+		return nil, err
 	}
 	r := &run{cfg: cfg, start: time.Now(), clip: cfg.Clip, pli: make(chan struct{}, 1)}
 	switch {
@@ -212,7 +285,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
-		api, err := publisherAPI(r.localIP, r.pli, &r.keyRequests)
+		watch := &keyframeWatch{pli: r.pli, counts: &r.keyframes, throttle: &keyframeThrottle{mode: cfg.PLIAnswer}, now: r.now}
+		api, err := publisherAPI(r.localIP, watch)
 		if err != nil {
 			return nil, err
 		}
@@ -324,8 +398,8 @@ func viewerAPI(local netip.Addr) (*webrtc.API, error) {
 }
 
 // publisherAPI is a browser-like sender (NACK responder, reports, TWCC) that
-// also tells the send loop when the server asks for a keyframe.
-func publisherAPI(local netip.Addr, pli chan struct{}, count *atomic.Uint64) (*webrtc.API, error) {
+// also tells the send loop when to answer the server's keyframe requests.
+func publisherAPI(local netip.Addr, watch *keyframeWatch) (*webrtc.API, error) {
 	m := &webrtc.MediaEngine{}
 	if err := m.RegisterDefaultCodecs(); err != nil {
 		return nil, err
@@ -334,17 +408,20 @@ func publisherAPI(local netip.Addr, pli chan struct{}, count *atomic.Uint64) (*w
 	if err := webrtc.RegisterDefaultInterceptors(m, reg); err != nil {
 		return nil, err
 	}
-	reg.Add(&keyframeWatch{pli: pli, count: count})
+	reg.Add(watch)
 	s := settings(local)
 	return webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(reg), webrtc.WithSettingEngine(s)), nil
 }
 
 // keyframeWatch is an interceptor (and its own factory: the publisher has
-// one peer connection) that signals PLI and FIR from the server.
+// one peer connection) that counts PLI and FIR from the server and signals
+// those its throttle answers.
 type keyframeWatch struct {
 	interceptor.NoOp
-	pli   chan struct{}
-	count *atomic.Uint64
+	pli      chan struct{}
+	counts   *keyframeCounts
+	throttle *keyframeThrottle
+	now      func() int64
 }
 
 func (k *keyframeWatch) NewInterceptor(string) (interceptor.Interceptor, error) { return k, nil }
@@ -362,10 +439,14 @@ func (k *keyframeWatch) BindRTCPReader(r interceptor.RTCPReader) interceptor.RTC
 		for _, p := range pkts {
 			switch p.(type) {
 			case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
-				k.count.Add(1)
+				k.counts.reached.Add(1)
+				if !k.throttle.answer(k.now()) {
+					continue
+				}
+				k.counts.answered.Add(1)
 				select {
 				case k.pli <- struct{}{}:
-				default:
+				default: // one is pending: the same keyframe answers both
 				}
 			}
 		}
@@ -403,8 +484,9 @@ func (r *run) tracks() (video, audio *webrtc.TrackLocalStaticRTP, err error) {
 }
 
 // sendVideo plays the clip's frames in a loop at its frame rate, with
-// timestamps and sequence numbers that keep increasing. A keyframe request
-// skips ahead to the clip's next keyframe, as an encoder would make one.
+// timestamps and sequence numbers that keep increasing. An answered keyframe
+// request skips ahead to the clip's next keyframe, as an encoder would make
+// one.
 func (r *run) sendVideo(ctx context.Context, track *webrtc.TrackLocalStaticRTP) {
 	frames := r.clip.Frames
 	tick := time.NewTicker(time.Second / time.Duration(r.clip.FPS))
@@ -421,6 +503,7 @@ func (r *run) sendVideo(ctx context.Context, track *webrtc.TrackLocalStaticRTP) 
 	for i := 0; ; i = (i + 1) % len(frames) {
 		select {
 		case <-r.pli:
+			r.keyframes.made.Add(1)
 			for j := 0; j < len(frames) && !frames[i].Key; j++ {
 				i = (i + 1) % len(frames)
 			}

@@ -31,9 +31,10 @@ func TestRTPPayload(t *testing.T) {
 	pkt := []byte{0x90, 96, 0x12, 0x34, 0, 0, 0, 1, 0, 0, 0, 2, // header, X set
 		0xbe, 0xde, 0, 1, 1, 2, 3, 4, // one-word extension
 		0x65, 0xaa}
-	p, seq := rtpPayload(pkt)
-	if seq != 0x1234 || string(p) != "\x65\xaa" {
-		t.Fatalf("payload %x seq %x", p, seq)
+	pkt[1] |= 0x80 // marker
+	p, h := rtpPayload(pkt)
+	if h != (rtpHead{seq: 0x1234, ts: 1, marker: true}) || string(p) != "\x65\xaa" {
+		t.Fatalf("payload %x header %+v", p, h)
 	}
 	for _, bad := range [][]byte{nil, {0x80}, {0x90, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xbe, 0xde, 0, 9}, {0xa0, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 200}} {
 		if p, _ := rtpPayload(bad); p != nil {

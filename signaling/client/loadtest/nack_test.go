@@ -13,7 +13,7 @@ func TestSeqDuplicates(t *testing.T) {
 	var k kindStats
 	fresh := func(s uint16, want bool) {
 		t.Helper()
-		if got := k.seq(s); got != want {
+		if _, got := k.seq(s); got != want {
 			t.Fatalf("seq %d: new %v, want %v", s, got, want)
 		}
 	}

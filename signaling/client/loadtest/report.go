@@ -12,7 +12,10 @@ import (
 )
 
 // Report is what a load run measured. Times are in milliseconds, CPU in
-// microseconds per packet, ratios in 0..1.
+// microseconds per packet, ratios in 0..1. Join times run from the start of
+// a viewer's join, just before its offer is made and POSTed to WHEP (a pion
+// viewer's also include creating its PeerConnection and gathering its
+// candidates before the POST; a lite viewer's offer is a string).
 type Report struct {
 	Server    string   `json:"server"`
 	Stream    string   `json:"stream"`
@@ -36,9 +39,24 @@ type Report struct {
 	Recovery *Recovery `json:"recovery,omitempty"`
 
 	JoinFirstPacket   Spread `json:"join_to_first_packet_ms"`
-	JoinFirstKeyframe Spread `json:"join_to_first_keyframe_ms"`
-	Latency           Spread `json:"forwarding_latency_ms"` // publisher write to viewer read, all packets
-	KeyframeRequests  uint64 `json:"keyframe_requests"`     // PLI/FIR the publisher got
+	JoinFirstKeyframe Spread `json:"join_to_first_keyframe_ms"` // the first keyframe packet
+	// JoinFirstDecodable is to the first complete keyframe: every packet
+	// of one keyframe access unit, from its first through the marker,
+	// without a sequence gap (H.264 only). A decoder's first picture.
+	JoinFirstDecodable Spread `json:"join_to_first_decodable_ms"`
+	// BehindLive is, per viewer, about 2 s after its first packet: the
+	// publisher's latest video send time minus the latest send time of
+	// the video payloads the viewer has received. Near 0 is live; a
+	// replayed burst not yet drained shows as its backlog.
+	BehindLive Spread `json:"behind_live_2s_ms"`
+	// Latency is publisher write to viewer read, for packets the publisher
+	// sent after the viewer's first packet arrived (not a replayed burst).
+	Latency Spread `json:"forwarding_latency_ms"`
+
+	PLIAnswer                PLIAnswer `json:"pli_answer,omitempty"`       // how the publisher answered keyframe requests
+	KeyframeRequests         uint64    `json:"keyframe_requests"`          // PLI/FIR the publisher got
+	KeyframeRequestsAnswered uint64    `json:"keyframe_requests_answered"` // of those, answered with a keyframe
+	KeyframesOnRequest       uint64    `json:"keyframes_on_request"`       // keyframes made for them (requests between two frames share one)
 
 	Overlay Overlay `json:"overlay"`
 
@@ -105,6 +123,11 @@ type ViewerReport struct {
 	Foreign  uint64  `json:"foreign"`
 	FirstMS  float64 `json:"join_to_first_packet_ms"`   // -1: none
 	KeyMS    float64 `json:"join_to_first_keyframe_ms"` // -1: none
+	// DecodableMS is to the first complete keyframe, -1: none.
+	DecodableMS float64 `json:"join_to_first_decodable_ms"`
+	// BehindMS is how far behind live the viewer was ~2 s after its first
+	// packet, -1: not sampled (watching only, or no video packet after 2 s).
+	BehindMS float64 `json:"behind_live_2s_ms"`
 	Channel  bool    `json:"channel"`
 	Overlay  uint64  `json:"overlay_messages"`
 	// Loss recovery, with Config.NACK.
@@ -234,11 +257,15 @@ func (r *Report) WriteTable(w io.Writer) error {
 		row("loss recovery", "%d video packets asked for again (NACK), %d recovered, %d NACKed sequence numbers sent, %d duplicates; rtt p50 %.0f ms",
 			rc.Asked, rc.Recovered, rc.Requests, rc.Duplicates, rc.RTT.P50)
 	}
-	row("join to first packet", "p50 %.0f ms  p95 %.0f ms  p99 %.0f ms", r.JoinFirstPacket.P50, r.JoinFirstPacket.P95, r.JoinFirstPacket.P99)
-	row("join to first keyframe", "p50 %.0f ms  p95 %.0f ms  p99 %.0f ms", r.JoinFirstKeyframe.P50, r.JoinFirstKeyframe.P95, r.JoinFirstKeyframe.P99)
+	row("join to first packet", "p50 %.0f ms  p95 %.0f ms  p99 %.0f ms  (from the offer, before the WHEP POST)", r.JoinFirstPacket.P50, r.JoinFirstPacket.P95, r.JoinFirstPacket.P99)
+	row("join to first keyframe", "p50 %.0f ms  p95 %.0f ms  p99 %.0f ms  (its first packet)", r.JoinFirstKeyframe.P50, r.JoinFirstKeyframe.P95, r.JoinFirstKeyframe.P99)
+	row("join to first decodable frame", "p50 %.0f ms  p95 %.0f ms  p99 %.0f ms  (a whole keyframe, no gap; %d viewers)",
+		r.JoinFirstDecodable.P50, r.JoinFirstDecodable.P95, r.JoinFirstDecodable.P99, r.JoinFirstDecodable.N)
 	if r.Publish {
-		row("forwarding latency", "p50 %.2f ms  p99 %.2f ms  max %.1f ms (%d packets)", r.Latency.P50, r.Latency.P99, r.Latency.Max, r.Latency.N)
-		row("keyframe requests", "%d reached the publisher", r.KeyframeRequests)
+		row("behind live 2 s after join", "p50 %.0f ms  p95 %.0f ms  max %.0f ms  (%d viewers)", r.BehindLive.P50, r.BehindLive.P95, r.BehindLive.Max, r.BehindLive.N)
+		row("forwarding latency", "p50 %.2f ms  p99 %.2f ms  max %.1f ms (%d packets sent after each viewer's first arrived)", r.Latency.P50, r.Latency.P99, r.Latency.Max, r.Latency.N)
+		row("keyframe requests", "%d reached the publisher, %d answered (-pli-answer %s), %d keyframes made for them",
+			r.KeyframeRequests, r.KeyframeRequestsAnswered, r.PLIAnswer, r.KeyframesOnRequest)
 	}
 	switch {
 	case r.Overlay.Error != "":

@@ -35,7 +35,7 @@ type viewer struct {
 	channel     atomic.Bool
 	overlay     atomic.Uint64
 	firstPacket atomic.Int64 // ns since run start, 0: none yet
-	firstKey    atomic.Int64
+	firstKey    atomic.Int64 // the first keyframe packet; kinds[kindVideo].pic has the first decodable one
 	kinds       [2]kindStats
 
 	mu      sync.Mutex
@@ -61,6 +61,16 @@ type kindStats struct {
 	seqFirst       uint64
 	seqMax, cycles uint64
 	seen           [seqWindow / 64]uint64 // bit i%seqWindow: extended sequence number i arrived
+	markers        [seqWindow / 64]uint64 // bit i%seqWindow: i arrived with the marker bit
+
+	pic firstPicture // video only
+
+	// Behind live (publishing only): the newest publisher send time among
+	// the payloads received, and how far it trailed the publisher's newest
+	// send about 2 s after the viewer's first packet.
+	newestSent    int64
+	behind        int64
+	behindSampled bool
 }
 
 // seqWindow is how far back (in sequence numbers) a late packet is still
@@ -70,21 +80,22 @@ const seqWindow = 2048
 // seq tracks the extended sequence number range, to count what should have
 // arrived when the tool does not know what was sent, and reports whether s
 // is new: a packet that already arrived (a retransmission whose original
-// came too) is not counted twice.
-func (k *kindStats) seq(s uint16) bool {
+// came too) is not counted twice. ext is s extended across wrap-arounds
+// (counted from the viewer's first packet, which may be the first of a
+// burst the server replays from its cache: the range starts there).
+func (k *kindStats) seq(s uint16) (ext uint64, fresh bool) {
 	if !k.seqStarted {
 		k.seqStarted, k.seqFirst, k.seqMax = true, uint64(s), uint64(s)
 		k.seqSpan.Store(1)
-		k.mark(k.seqMax)
-		return true
+		return k.seqMax, k.mark(k.seqMax)
 	}
 	last := uint16(k.seqMax)
 	if d := int16(s - last); d <= 0 {
 		back := uint64(-int32(d))
 		if back >= seqWindow || back > k.seqMax-k.seqFirst {
-			return false // too old to tell, or before the first
+			return 0, false // too old to tell, or before the first
 		}
-		return k.mark(k.seqMax - back)
+		return k.seqMax - back, k.mark(k.seqMax - back)
 	}
 	if s < last {
 		k.cycles += 1 << 16
@@ -94,14 +105,16 @@ func (k *kindStats) seq(s uint16) bool {
 	// missing so far.
 	if next-k.seqMax >= seqWindow {
 		k.seen = [seqWindow / 64]uint64{}
+		k.markers = [seqWindow / 64]uint64{}
 	} else {
 		for i := k.seqMax + 1; i <= next; i++ {
 			k.seen[i%seqWindow/64] &^= 1 << (i % 64)
+			k.markers[i%seqWindow/64] &^= 1 << (i % 64)
 		}
 	}
 	k.seqMax = next
 	k.seqSpan.Store(k.seqMax - k.seqFirst + 1)
-	return k.mark(next)
+	return next, k.mark(next)
 }
 
 // mark notes extended sequence number i as arrived; false if it already had.
@@ -231,18 +244,33 @@ func (v *viewer) read(t *webrtc.TrackRemote) {
 			return
 		}
 		now := v.run.now()
-		if payload, seq := rtpPayload(buf[:n]); payload != nil {
-			v.packet(k, payload, seq, now, h264)
+		if payload, h := rtpPayload(buf[:n]); payload != nil {
+			v.packet(k, payload, h, now, h264)
 		}
 	}
 }
 
+// behindAfter is when, after a viewer's first packet, behind-live is
+// sampled: long enough for a replayed burst to have drained.
+const behindAfter = int64(2 * time.Second)
+
 // packet is the bookkeeping for one received packet: a few counters, a
 // hash and a map lookup, one latency sample. Nothing is allocated. Only one
 // goroutine at a time calls it for a kind.
-func (v *viewer) packet(k int, payload []byte, seq uint16, now int64, h264 bool) {
+//
+// A joining viewer's first packets may be a burst the server replays from
+// its cache (the GOP since the last keyframe, sequence numbers and perhaps
+// timestamps rewritten) before the live ones. The accounting holds for it:
+// sequence tracking and the first-picture search start at the viewer's
+// first packet, whatever it is; a replayed payload is byte-identical to one
+// the publisher sent, so the payload index finds it (not foreign), and its
+// class's latest send is that original (a GOP is shorter than the clip's
+// loop), so the expected count runs from the original's ordinal: the burst
+// and everything sent after it.
+func (v *viewer) packet(k int, payload []byte, h rtpHead, now int64, h264 bool) {
 	ks := &v.kinds[k]
-	if !ks.seq(seq) {
+	ext, fresh := ks.seq(h.seq)
+	if !fresh {
 		ks.duplicates++
 		return
 	}
@@ -251,9 +279,18 @@ func (v *viewer) packet(k int, payload []byte, seq uint16, now int64, h264 bool)
 		ks.gotFirst = true
 		v.firstPacket.CompareAndSwap(0, now)
 	}
-	if k == kindVideo && !ks.gotKey && (!h264 || isKeyframe(payload)) {
-		ks.gotKey = true
-		v.firstKey.Store(now)
+	if k == kindVideo {
+		key := !h264 || isKeyframe(payload)
+		if !ks.gotKey && key {
+			ks.gotKey = true
+			v.firstKey.Store(now)
+		}
+		if h.marker {
+			ks.markers[ext%seqWindow/64] |= 1 << (ext % 64)
+		}
+		if h264 && !ks.pic.done {
+			ks.picture(ext, h, key, key && opensAccessUnit(payload), now)
+		}
 	}
 	idx := v.run.index
 	if idx == nil {
@@ -269,7 +306,25 @@ func (v *viewer) packet(k int, payload []byte, seq uint16, now int64, h264 bool)
 	if ks.firstOrd.Load() == 0 {
 		ks.firstOrd.Store(o)
 	}
-	ks.lat.add(now - log.times[k][o%ringSize].Load())
+	sent := log.times[k][o%ringSize].Load()
+	// Forwarding latency counts only payloads the publisher sent after the
+	// viewer's first packet arrived (of either kind): what the server could
+	// have forwarded live. A replayed burst's payloads were sent before
+	// the viewer could receive anything, and their age is the burst's, not
+	// the forwarding path's. Live packets queued behind a burst count, with
+	// the delay it caused. Without a burst this drops only the packets in
+	// flight when the first one arrived.
+	first := v.firstPacket.Load()
+	if sent >= first {
+		ks.lat.add(now - sent)
+	}
+	if k == kindVideo {
+		ks.newestSent = max(ks.newestSent, sent)
+		if !ks.behindSampled && now-first >= behindAfter {
+			ks.behindSampled = true
+			ks.behind = max(0, log.newest[kindVideo].Load()-ks.newestSent)
+		}
+	}
 }
 
 // nackState is the lite viewer's loss recovery, nil without one.
@@ -302,17 +357,20 @@ func (v *viewer) close() {
 // the reader goroutines have ended.
 func (r *run) report() *Report {
 	rep := &Report{Server: r.cfg.Server, Stream: r.cfg.Stream, Publish: r.log != nil, Requested: r.cfg.Viewers,
-		KeyframeRequests: r.keyRequests.Load()}
+		KeyframeRequests: r.keyframes.reached.Load()}
 	if r.log != nil {
 		rep.Sent = Packets{Video: r.log.sent[kindVideo].Load(), Audio: r.log.sent[kindAudio].Load()}
+		rep.PLIAnswer = r.cfg.PLIAnswer
+		rep.KeyframeRequestsAnswered = r.keyframes.answered.Load()
+		rep.KeyframesOnRequest = r.keyframes.made.Load()
 	}
 	var lat histogram
-	var losses, firsts, keys, rtts []float64
+	var losses, firsts, keys, decodables, behinds, rtts []float64
 	if r.cfg.NACK {
 		rep.Recovery = &Recovery{}
 	}
 	for _, v := range r.viewers {
-		vr := ViewerReport{ID: v.id, FirstMS: -1, KeyMS: -1, Channel: v.channel.Load(), Overlay: v.overlay.Load()}
+		vr := ViewerReport{ID: v.id, FirstMS: -1, KeyMS: -1, DecodableMS: -1, BehindMS: -1, Channel: v.channel.Load(), Overlay: v.overlay.Load()}
 		rep.Overlay.Messages += vr.Overlay
 		if vr.Channel {
 			rep.Channels++
@@ -350,6 +408,14 @@ func (r *run) report() *Report {
 			vr.KeyMS = ms(time.Duration(fk - v.joinAt))
 			keys = append(keys, vr.KeyMS)
 		}
+		if p := &v.kinds[kindVideo].pic; p.done {
+			vr.DecodableMS = ms(time.Duration(p.at - v.joinAt))
+			decodables = append(decodables, vr.DecodableMS)
+		}
+		if ks := &v.kinds[kindVideo]; ks.behindSampled {
+			vr.BehindMS = ms(time.Duration(ks.behind))
+			behinds = append(behinds, vr.BehindMS)
+		}
 		switch v.state.Load() {
 		case joinOK:
 			rep.Joined++
@@ -378,6 +444,8 @@ func (r *run) report() *Report {
 	}
 	rep.JoinFirstPacket = spreadOf(firsts)
 	rep.JoinFirstKeyframe = spreadOf(keys)
+	rep.JoinFirstDecodable = spreadOf(decodables)
+	rep.BehindLive = spreadOf(behinds)
 	rep.Latency = lat.spread()
 	r.cueMu.Lock()
 	rep.Overlay.CuesPosted = len(r.cueSent)
