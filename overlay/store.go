@@ -36,6 +36,12 @@ const (
 	EventOrderCancelled = "order.cancelled"
 )
 
+// EventSaleEnded tells the merchant a flash sale is over (by cue, when its
+// time ran out, or at start when it ran out while the server was down),
+// with the sale as it ended: units - units_left is what it sold. List-price
+// sales, which a shown card opens, are plumbing and send none.
+const EventSaleEnded = "sale.ended"
+
 // Event is one message for the merchant, waiting in the store's outbox. The
 // store writes it in the same transaction as the change it reports, so an
 // event exists exactly when its change does.
@@ -116,6 +122,19 @@ type Store interface {
 	// Stats sums a stream's orders.
 	Stats(ctx context.Context, stream string) (OrderStats, error)
 
+	// ShowState returns what a stream's show was doing when last written:
+	// the zero state (with Stream set) for a stream never shown.
+	ShowState(ctx context.Context, stream string) (ShowState, error)
+	// OpenSales lists a stream's sales not ended yet, including those whose
+	// time ran out but that nobody ended.
+	OpenSales(ctx context.Context, stream string) ([]Sale, error)
+	// ChangeShow ends the sales in ch.End, opens ch.StartList and
+	// ch.StartFlash, and writes ch.State with their ids, in one transaction:
+	// the stored state names exactly the sales the show runs, whatever
+	// moment the process dies at. Ending the flash sale the stored state
+	// names writes its EventSaleEnded. Errors as StartSale.
+	ChangeShow(ctx context.Context, ch ShowChange, now time.Time) (ShowChangeResult, error)
+
 	// ClaimEvents returns up to limit outbox events due at now and hides them
 	// from other claims until now+lease, so concurrent workers (or nodes)
 	// do not send the same event at the same time.
@@ -135,4 +154,41 @@ type Store interface {
 	Prune(ctx context.Context, now time.Time) (keys, events int64, err error)
 
 	Close() error
+}
+
+// ShowState is what a stream's show is doing, kept in the store so that a
+// restart (planned or a crash) picks the show up where it was. Stock, units
+// left and the card's text are not in it: they are read from the catalog
+// and the sales when the show is restored.
+type ShowState struct {
+	Stream string `json:"stream"`
+	// CardSKU is the product whose card is on screen, "" for none. The
+	// card's media-clock stamp is not kept: it belongs to the creator
+	// session that clicked.
+	CardSKU string `json:"card_sku,omitempty"`
+	// ListSaleID is the list-price sale that makes the card buyable, ""
+	// when the flash sale covers the card's product.
+	ListSaleID string `json:"list_sale_id,omitempty"`
+	// SaleID is the running flash sale, "" for none.
+	SaleID string    `json:"sale_id,omitempty"`
+	Run    RunOfShow `json:"run_of_show"`
+}
+
+// ShowChange is one step of a show, which the store writes at once.
+type ShowChange struct {
+	// End lists sales to end now (ending an ended sale is no error).
+	End []string
+	// StartList and StartFlash, when set, are opened after End; the store
+	// puts their ids in State.ListSaleID and State.SaleID.
+	StartList, StartFlash *Sale
+	// State is the show's state after the change.
+	State ShowState
+}
+
+// ShowChangeResult is a ShowChange as stored.
+type ShowChangeResult struct {
+	State ShowState
+	// Ended are the sales of End as they ended, in End's order.
+	Ended                     []Sale
+	StartedList, StartedFlash *Sale
 }

@@ -157,52 +157,63 @@ func scanSale(row interface{ Scan(...any) error }) (overlay.Sale, error) {
 
 // StartSale implements overlay.Store.
 func (s *Store) StartSale(ctx context.Context, sale overlay.Sale, now time.Time) (overlay.Sale, error) {
+	sale, err := prepareSale(sale, now)
+	if err == nil {
+		err = s.inTx(ctx, func(tx *sql.Tx) error { return startSale(ctx, tx, &sale, now) })
+	}
+	if err != nil {
+		return overlay.Sale{}, fmt.Errorf("start sale of %s on %s: %w", sale.SKU, sale.Stream, err)
+	}
+	return sale, nil
+}
+
+// prepareSale checks a sale to open and gives it its id and first state.
+func prepareSale(sale overlay.Sale, now time.Time) (overlay.Sale, error) {
 	if sale.StartsAt.IsZero() {
 		sale.StartsAt = now
 	}
 	if err := overlay.ValidateSale(sale); err != nil {
-		return overlay.Sale{}, fmt.Errorf("start sale: %w", err)
+		return sale, err
 	}
 	sale.ID = newID("sale_")
 	sale.UnitsLeft = sale.Units
 	sale.Status = overlay.SaleActive
 	sale.StartsAt = sale.StartsAt.UTC().Truncate(time.Microsecond)
 	sale.EndsAt = sale.EndsAt.UTC().Truncate(time.Microsecond)
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		var listPrice int64
-		err := tx.QueryRowContext(ctx, `SELECT price_minor FROM products WHERE sku = $1`, sale.SKU).Scan(&listPrice)
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("product %s: %w", sale.SKU, overlay.ErrNotFound)
-		}
-		if err != nil {
-			return err
-		}
-		if sale.PriceMinor == 0 {
-			sale.PriceMinor = listPrice
-		}
-		// A sale that ran out of time but was never ended must not block
-		// the next one.
-		if _, err := tx.ExecContext(ctx, `UPDATE sales SET status = 'ended'
-			WHERE stream = $1 AND sku = $2 AND status = 'active' AND ends_at <= $3`,
-			sale.Stream, sale.SKU, micros(now)); err != nil {
-			return err
-		}
-		n, err := execN(ctx, tx, `INSERT INTO sales (`+saleColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-			ON CONFLICT DO NOTHING`,
-			sale.ID, sale.Stream, sale.SKU, sale.PriceMinor, sale.Units, sale.UnitsLeft,
-			micros(sale.StartsAt), micros(sale.EndsAt), sale.Status)
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return overlay.ErrSaleRunning
-		}
-		return nil
-	})
-	if err != nil {
-		return overlay.Sale{}, fmt.Errorf("start sale of %s on %s: %w", sale.SKU, sale.Stream, err)
-	}
 	return sale, nil
+}
+
+// startSale inserts a prepared sale in tx, filling in the list price.
+func startSale(ctx context.Context, tx *sql.Tx, sale *overlay.Sale, now time.Time) error {
+	var listPrice int64
+	err := tx.QueryRowContext(ctx, `SELECT price_minor FROM products WHERE sku = $1`, sale.SKU).Scan(&listPrice)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("product %s: %w", sale.SKU, overlay.ErrNotFound)
+	}
+	if err != nil {
+		return err
+	}
+	if sale.PriceMinor == 0 {
+		sale.PriceMinor = listPrice
+	}
+	// A sale that ran out of time but was never ended must not block
+	// the next one.
+	if _, err := tx.ExecContext(ctx, `UPDATE sales SET status = 'ended'
+		WHERE stream = $1 AND sku = $2 AND status = 'active' AND ends_at <= $3`,
+		sale.Stream, sale.SKU, micros(now)); err != nil {
+		return err
+	}
+	n, err := execN(ctx, tx, `INSERT INTO sales (`+saleColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+		ON CONFLICT DO NOTHING`,
+		sale.ID, sale.Stream, sale.SKU, sale.PriceMinor, sale.Units, sale.UnitsLeft,
+		micros(sale.StartsAt), micros(sale.EndsAt), sale.Status)
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return overlay.ErrSaleRunning
+	}
+	return nil
 }
 
 // EndSale implements overlay.Store. Reservations made during the sale stay
@@ -211,18 +222,32 @@ func (s *Store) EndSale(ctx context.Context, saleID string, now time.Time) (over
 	var sale overlay.Sale
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		var err error
-		sale, err = scanSale(tx.QueryRowContext(ctx, `UPDATE sales SET status = 'ended',
-			ends_at = CASE WHEN ends_at > $2 THEN $2 ELSE ends_at END
-			WHERE id = $1 RETURNING `+saleColumns, saleID, micros(now)))
+		sale, _, err = endSale(ctx, tx, saleID, now)
 		return err
 	})
-	if errors.Is(err, sql.ErrNoRows) {
-		return overlay.Sale{}, fmt.Errorf("end sale %s: %w", saleID, overlay.ErrNotFound)
-	}
 	if err != nil {
 		return overlay.Sale{}, fmt.Errorf("end sale %s: %w", saleID, err)
 	}
 	return sale, nil
+}
+
+// endSale ends a sale in tx and reports whether this call ended it (false
+// when it had ended before).
+func endSale(ctx context.Context, tx *sql.Tx, saleID string, now time.Time) (overlay.Sale, bool, error) {
+	sale, err := scanSale(tx.QueryRowContext(ctx, `UPDATE sales SET status = 'ended',
+		ends_at = CASE WHEN ends_at > $2 THEN $2 ELSE ends_at END
+		WHERE id = $1 AND status = 'active' RETURNING `+saleColumns, saleID, micros(now)))
+	if err == nil {
+		return sale, true, nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return sale, false, err
+	}
+	sale, err = scanSale(tx.QueryRowContext(ctx, `SELECT `+saleColumns+` FROM sales WHERE id = $1`, saleID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return sale, false, overlay.ErrNotFound
+	}
+	return sale, false, err
 }
 
 // ActiveSale implements overlay.Store.

@@ -12,13 +12,15 @@ import (
 )
 
 // eventBody is the JSON the merchant receives. id lets the merchant drop a
-// duplicate: delivery is at least once.
+// duplicate: delivery is at least once. data holds the order of an order
+// event, the sale of a sale event.
 type eventBody struct {
 	ID        string    `json:"id"`
 	Type      string    `json:"type"`
 	CreatedAt time.Time `json:"created_at"`
 	Data      struct {
-		Order overlay.Order `json:"order"`
+		Order *overlay.Order `json:"order,omitempty"`
+		Sale  *overlay.Sale  `json:"sale,omitempty"`
 	} `json:"data"`
 }
 
@@ -26,13 +28,24 @@ type eventBody struct {
 // committed exactly when the change it reports is.
 func addEvent(ctx context.Context, tx *sql.Tx, typ string, o overlay.Order, now time.Time) error {
 	body := eventBody{ID: newID("evt_"), Type: typ, CreatedAt: now}
-	body.Data.Order = o
+	body.Data.Order = &o
+	return writeEvent(ctx, tx, body)
+}
+
+// addSaleEvent is addEvent for a sale.
+func addSaleEvent(ctx context.Context, tx *sql.Tx, typ string, sale overlay.Sale, now time.Time) error {
+	body := eventBody{ID: newID("evt_"), Type: typ, CreatedAt: now}
+	body.Data.Sale = &sale
+	return writeEvent(ctx, tx, body)
+}
+
+func writeEvent(ctx context.Context, tx *sql.Tx, body eventBody) error {
 	payload, err := json.Marshal(body)
 	if err != nil {
 		return err
 	}
 	_, err = tx.ExecContext(ctx, `INSERT INTO outbox (id, type, payload, created_at, next_attempt_at)
-		VALUES ($1, $2, $3, $4, $4)`, body.ID, typ, string(payload), micros(now))
+		VALUES ($1, $2, $3, $4, $4)`, body.ID, body.Type, string(payload), micros(body.CreatedAt))
 	return err
 }
 

@@ -110,6 +110,9 @@ func runConformance(t *testing.T, open func(t *testing.T) *Store) {
 		{"PruneKeepsWhatRulesNeed", testPrune},
 		{"WebhookDelivery", testWebhookDelivery},
 		{"MigrationsIdempotent", testMigrationsIdempotent},
+		{"ShowState", testShowState},
+		{"ShowChangeAllOrNothing", testShowChangeAllOrNothing},
+		{"SaleEndedEvent", testSaleEndedEvent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
