@@ -127,6 +127,11 @@ type Source struct {
 	track     *Track
 	codec     *Codec
 	keyframe  func() // asks the encoder for a keyframe; nil if it cannot be asked
+	// onRequest: the encoder makes a keyframe of the next frame for every
+	// request (Vitrine's own re-encode). Joining viewers then ask for one
+	// rather than start on the cached group of pictures, which would be a
+	// burst of up to the creator's whole keyframe interval.
+	onRequest bool
 	isKey     func(payload []byte) bool
 	started   bool
 	seqOffset uint16
@@ -152,6 +157,15 @@ func (t *Track) NewSource(codec Codec, requestKeyframe func()) *Source {
 	t.in.newSource()
 	t.window = rateWindow{}
 	return s
+}
+
+// KeyframesOnRequest says the encoder makes a keyframe of the next frame
+// whenever asked, so joining viewers ask instead of replaying the cached
+// group of pictures. Call it before the first WriteRTP.
+func (s *Source) KeyframesOnRequest() {
+	s.track.mu.Lock()
+	defer s.track.mu.Unlock()
+	s.onRequest = true
 }
 
 // End stops forwarding from s if it is still the track's source.
@@ -212,7 +226,9 @@ func (s *Source) WriteRTP(h *rtp.Header, payload []byte) error {
 		t.lastSeq = p.Header.SequenceNumber
 		t.lastTS = p.Header.Timestamp
 		t.lastAt = now
-		t.gop.add(p, now)
+		if !s.onRequest {
+			t.gop.add(p, now)
+		}
 	}
 	t.cache.put(p)
 	t.in.count(p, s.codec.ClockRate)

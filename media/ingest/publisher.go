@@ -441,6 +441,7 @@ func (p *Publisher) startReencode(why media.Transcode) {
 func (p *Publisher) startReencodedOutput() {
 	p.warming = false
 	src := p.cfg.Stream.Video.NewSource(p.videoCodec, p.reencode.RequestKeyframe)
+	src.KeyframesOnRequest()
 	p.reencSrc.Store(src)
 	p.reencode.StartOutput()
 }
