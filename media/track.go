@@ -124,9 +124,9 @@ func (t *Track) expect(c Codec) {
 // of a track is forwarded; an older one still writing (a creator's previous
 // connection that has not timed out yet) is ignored.
 type Source struct {
-	track     *Track
-	codec     *Codec
-	keyframe  func() // asks the encoder for a keyframe; nil if it cannot be asked
+	track    *Track
+	codec    *Codec
+	keyframe func() // asks the encoder for a keyframe; nil if it cannot be asked
 	// onRequest: the encoder makes a keyframe of the next frame for every
 	// request (Vitrine's own re-encode). Joining viewers then ask for one
 	// rather than start on the cached group of pictures, which would be a
