@@ -59,7 +59,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{"delivered", "failed"} {
 		m.Webhooks.WithLabelValues(r)
 	}
-	for _, op := range []string{"expire_reservations", "outbox_depth", "prune"} {
+	for _, op := range []string{"expire_reservations", "outbox_depth", "prune", "end_sale", "run_of_show"} {
 		m.StoreErrors.WithLabelValues(op)
 	}
 	reg.MustRegister(m.cues, m.cueLag, m.messages, m.subscribers, m.buys, m.buyLatency, m.orders, m.revenue, m.unitsLeft,

@@ -124,7 +124,9 @@ type ShowConfig struct {
 }
 
 // Show is the commerce overlay of one live stream: the card shown, the flash
-// sale running, and every viewer subscribed to its messages.
+// sale running, the run-of-show, and every viewer subscribed to its
+// messages. Every change is written to the store before viewers hear of it,
+// so that a restart finds the show where it was.
 type Show struct {
 	stream string
 	clock  Clock
@@ -145,8 +147,11 @@ type Show struct {
 	stopOnce sync.Once
 }
 
-// NewShow starts a stream's show.
-func NewShow(stream string, clock Clock, cfg ShowConfig) *Show {
+// listSaleLength is how long a shown card stays buyable at list price.
+const listSaleLength = 24 * time.Hour
+
+// NewShow starts a stream's show where the store left it (see restore).
+func NewShow(ctx context.Context, stream string, clock Clock, cfg ShowConfig) (*Show, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -157,8 +162,112 @@ func NewShow(stream string, clock Clock, cfg ShowConfig) *Show {
 		cfg.StockEvery = 250 * time.Millisecond
 	}
 	s := &Show{stream: stream, clock: clock, cfg: cfg, subs: map[int]func([]byte){}, dirty: map[string]bool{}, stop: make(chan struct{})}
+	if err := s.restore(ctx); err != nil {
+		return nil, fmt.Errorf("overlay: restore the show of %s: %w", stream, err)
+	}
 	go s.flushStock()
-	return s
+	return s, nil
+}
+
+// restore reads the show's state back from the store. The card comes back
+// without its media-clock stamp (it belonged to the creator session that
+// clicked) and is shown at once, rebuilt from the catalog; a product deleted
+// or taken off sale meanwhile is not shown. A flash sale whose time ran out
+// while the server was down is ended now, with its event, and a sale nobody
+// names any more (a list-price sale past its day, or one left by a version
+// that did not keep the show) is ended too: no sale stays open that nobody
+// can see or stop. A run-of-show that was running goes on at its first cue
+// not fired, on its first schedule.
+func (s *Show) restore(ctx context.Context) error {
+	st, err := s.cfg.Store.ShowState(ctx, s.stream)
+	if err != nil {
+		return err
+	}
+	open, err := s.cfg.Store.OpenSales(ctx, s.stream)
+	if err != nil {
+		return err
+	}
+	now := s.cfg.Now()
+	ch := ShowChange{State: ShowState{Stream: s.stream, Run: st.Run}}
+	var flash *Sale
+	for _, sale := range open {
+		switch {
+		case sale.ID == st.SaleID && sale.Running(now):
+			flash = &sale
+			ch.State.SaleID = sale.ID
+		case sale.ID == st.ListSaleID && sale.Running(now):
+			ch.State.ListSaleID = sale.ID
+		default:
+			ch.End = append(ch.End, sale.ID)
+		}
+	}
+	var card *Card
+	if st.CardSKU != "" {
+		p, err := s.cfg.Store.Product(ctx, st.CardSKU)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		if err == nil && p.Active {
+			price := p.PriceMinor
+			if flash != nil && flash.SKU == p.SKU {
+				price = flash.PriceMinor
+			} else if ch.State.ListSaleID == "" {
+				ch.StartList = s.listSaleOf(p.SKU, now)
+			}
+			card = cardOf(p, price)
+			ch.State.CardSKU = p.SKU
+		}
+	}
+	if card == nil && ch.State.ListSaleID != "" {
+		ch.End = append(ch.End, ch.State.ListSaleID)
+		ch.State.ListSaleID = ""
+	}
+	res, err := s.cfg.Store.ChangeShow(ctx, ch, now)
+	if err != nil {
+		return err
+	}
+	for _, ended := range res.Ended {
+		if ended.ID == st.SaleID {
+			s.cfg.Log.Info("flash sale ended at start: its time ran out while the server was down",
+				"stream", s.stream, "sale", ended.ID, "sku", ended.SKU, "units_left", ended.UnitsLeft)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.card, s.listSale, s.run = card, res.State.ListSaleID, st.Run
+	if flash != nil {
+		s.sale = flash
+		s.armSaleEnd(*flash, now)
+	}
+	if s.run.Running {
+		s.startRun()
+	}
+	return nil
+}
+
+// listSaleOf is the sale that makes a shown card buyable at list price.
+func (s *Show) listSaleOf(sku string, now time.Time) *Sale {
+	return &Sale{Stream: s.stream, SKU: sku, StartsAt: now, EndsAt: now.Add(listSaleLength)}
+}
+
+// state is the show as the store keeps it; s.mu must be held.
+func (s *Show) state() ShowState {
+	st := ShowState{Stream: s.stream, ListSaleID: s.listSale, Run: s.run}
+	if s.card != nil {
+		st.CardSKU = s.card.SKU
+	}
+	if s.sale != nil {
+		st.SaleID = s.sale.ID
+	}
+	return st
+}
+
+// armSaleEnd ends the flash sale when its time runs out; s.mu must be held.
+func (s *Show) armSaleEnd(sale Sale, now time.Time) {
+	if s.saleEnd != nil {
+		s.saleEnd.Stop()
+	}
+	s.saleEnd = time.AfterFunc(sale.EndsAt.Sub(now), func() { s.saleExpired(sale.ID) })
 }
 
 // Close stops the show's timers.
@@ -307,38 +416,25 @@ func (s *Show) showCard(ctx context.Context, sku string, now time.Time, m *Messa
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.endListSale(ctx, now); err != nil {
-		return err
+	ch := ShowChange{State: s.state()}
+	ch.State.CardSKU, ch.State.ListSaleID = sku, ""
+	if s.listSale != "" {
+		ch.End = []string{s.listSale}
 	}
 	price := p.PriceMinor
 	if s.sale != nil && s.sale.SKU == sku {
 		price = s.sale.PriceMinor
 	} else {
-		sale, err := s.cfg.Store.StartSale(ctx, Sale{Stream: s.stream, SKU: sku, StartsAt: now, EndsAt: now.Add(24 * time.Hour)}, now)
-		switch {
-		case errors.Is(err, ErrSaleRunning):
-			// Left from before a restart: buyable already.
-		case err != nil:
-			return err
-		default:
-			s.listSale = sale.ID
-		}
+		ch.StartList = s.listSaleOf(sku, now)
 	}
+	res, err := s.cfg.Store.ChangeShow(ctx, ch, now)
+	if err != nil {
+		return err
+	}
+	s.listSale = res.State.ListSaleID
 	s.card = cardOf(p, price)
 	m.ID, m.Card = s.cueID(), s.card
 	s.broadcast(*m)
-	return nil
-}
-
-// endListSale must be called with s.mu held.
-func (s *Show) endListSale(ctx context.Context, now time.Time) error {
-	if s.listSale == "" {
-		return nil
-	}
-	if _, err := s.cfg.Store.EndSale(ctx, s.listSale, now); err != nil {
-		return err
-	}
-	s.listSale = ""
 	return nil
 }
 
@@ -348,11 +444,16 @@ func (s *Show) hideCard(ctx context.Context, now time.Time, m *Message) error {
 	if s.card == nil {
 		return ErrNothingToHide
 	}
-	if err := s.endListSale(ctx, now); err != nil {
+	ch := ShowChange{State: s.state()}
+	ch.State.CardSKU, ch.State.ListSaleID = "", ""
+	if s.listSale != "" {
+		ch.End = []string{s.listSale}
+	}
+	if _, err := s.cfg.Store.ChangeShow(ctx, ch, now); err != nil {
 		return err
 	}
 	m.ID, m.SKU = s.cueID(), s.card.SKU
-	s.card = nil
+	s.card, s.listSale = nil, ""
 	s.broadcast(*m)
 	return nil
 }
@@ -373,17 +474,20 @@ func (s *Show) startSale(ctx context.Context, req CueRequest, now time.Time, m *
 	if s.sale != nil {
 		return fmt.Errorf("%w: a flash sale of %s is already running; end it first", ErrBadCue, s.sale.SKU)
 	}
-	if err := s.endListSale(ctx, now); err != nil {
-		return err
+	ch := ShowChange{State: s.state(), StartFlash: &Sale{Stream: s.stream, SKU: p.SKU, PriceMinor: req.PriceMinor, Units: req.Units,
+		StartsAt: now, EndsAt: now.Add(time.Duration(req.DurationSec) * time.Second)}}
+	ch.State.CardSKU, ch.State.ListSaleID = p.SKU, ""
+	if s.listSale != "" {
+		ch.End = []string{s.listSale}
 	}
-	sale, err := s.cfg.Store.StartSale(ctx, Sale{Stream: s.stream, SKU: p.SKU, PriceMinor: req.PriceMinor, Units: req.Units,
-		StartsAt: now, EndsAt: now.Add(time.Duration(req.DurationSec) * time.Second)}, now)
+	res, err := s.cfg.Store.ChangeShow(ctx, ch, now)
 	if err != nil {
 		return err
 	}
-	s.sale = &sale
+	sale := *res.StartedFlash
+	s.sale, s.listSale = &sale, ""
 	s.card = cardOf(p, sale.PriceMinor)
-	s.saleEnd = time.AfterFunc(sale.EndsAt.Sub(now), func() { s.saleExpired(sale.ID) })
+	s.armSaleEnd(sale, now)
 	m.ID, m.Card, m.Sale = s.cueID(), s.card, s.saleInfo(sale)
 	s.broadcast(*m)
 	return nil
@@ -394,15 +498,31 @@ func (s *Show) saleInfo(sale Sale) *SaleInfo {
 		EndsAt: sale.EndsAt, MSLeft: max(0, sale.EndsAt.Sub(s.cfg.Now()).Milliseconds())}
 }
 
+// saleExpired ends the flash sale id when its time ran out. If the store
+// fails, it tries again a few seconds later: the store already refuses buys
+// after the end, but viewers and the merchant must hear of it.
 func (s *Show) saleExpired(id string) {
 	s.mu.Lock()
 	running := s.sale != nil && s.sale.ID == id
 	s.mu.Unlock()
-	if running {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if _, err := s.Cue(ctx, CueRequest{Type: CueSaleEnd}); err != nil && !errors.Is(err, ErrNoSale) {
-			s.cfg.Log.Error("overlay: end of flash sale", "stream", s.stream, "err", err)
+	if !running {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := s.Cue(ctx, CueRequest{Type: CueSaleEnd})
+	if err == nil || errors.Is(err, ErrNoSale) {
+		return
+	}
+	s.cfg.Log.Error("overlay: end of flash sale, trying again in 5 s", "stream", s.stream, "sale", id, "err", err)
+	s.cfg.Metrics.StoreErrors.WithLabelValues("end_sale").Inc()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.stop:
+	default:
+		if s.sale != nil && s.sale.ID == id {
+			s.saleEnd = time.AfterFunc(5*time.Second, func() { s.saleExpired(id) })
 		}
 	}
 }
@@ -414,23 +534,26 @@ func (s *Show) endSale(ctx context.Context, now time.Time, m *Message) error {
 	if s.sale == nil {
 		return ErrNoSale
 	}
-	ended, err := s.cfg.Store.EndSale(ctx, s.sale.ID, now)
+	ch := ShowChange{State: s.state(), End: []string{s.sale.ID}}
+	ch.State.SaleID = ""
+	onCard := s.card != nil && s.card.SKU == s.sale.SKU
+	if onCard {
+		ch.StartList = s.listSaleOf(s.sale.SKU, now)
+	}
+	res, err := s.cfg.Store.ChangeShow(ctx, ch, now)
 	if err != nil {
 		return err
 	}
 	if s.saleEnd != nil {
 		s.saleEnd.Stop()
 	}
-	s.sale = nil
-	m.ID, m.Sale = s.cueID(), s.saleInfo(ended)
-	if s.card != nil && s.card.SKU == ended.SKU {
-		if list, err := s.cfg.Store.StartSale(ctx, Sale{Stream: s.stream, SKU: ended.SKU, StartsAt: now, EndsAt: now.Add(24 * time.Hour)}, now); err == nil {
-			s.listSale = list.ID
-			card := *s.card
-			card.PriceMinor = card.ListPriceMinor
-			s.card = &card
-			m.Card = s.card
-		}
+	s.sale, s.listSale = nil, res.State.ListSaleID
+	m.ID, m.Sale = s.cueID(), s.saleInfo(res.Ended[0])
+	if onCard {
+		card := *s.card
+		card.PriceMinor = card.ListPriceMinor
+		s.card = &card
+		m.Card = s.card
 	}
 	s.broadcast(*m)
 	return nil

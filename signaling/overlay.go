@@ -44,12 +44,16 @@ func (s *Server) putRunOfShow(w http.ResponseWriter, r *http.Request) {
 	if !readJSON(w, r, &req) {
 		return
 	}
-	sh := s.show(def.Name, st)
-	if err := sh.LoadRunOfShow(req.Cues); err != nil {
+	sh, ok := s.showOr503(w, def.Name, st)
+	if !ok {
+		return
+	}
+	run, err := sh.LoadRunOfShow(r.Context(), req.Cues)
+	if err != nil {
 		s.cueError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, sh.RunOfShowState())
+	writeJSON(w, http.StatusOK, run)
 }
 
 func (s *Server) getRunOfShow(w http.ResponseWriter, r *http.Request) {
@@ -57,7 +61,11 @@ func (s *Server) getRunOfShow(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	writeJSON(w, http.StatusOK, s.show(def.Name, st).RunOfShowState())
+	sh, ok := s.showOr503(w, def.Name, st)
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, sh.RunOfShowState())
 }
 
 func (s *Server) startRunOfShow(w http.ResponseWriter, r *http.Request) {
@@ -65,7 +73,11 @@ func (s *Server) startRunOfShow(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	run, err := s.show(def.Name, st).StartRunOfShow()
+	sh, ok := s.showOr503(w, def.Name, st)
+	if !ok {
+		return
+	}
+	run, err := sh.StartRunOfShow(r.Context())
 	if err != nil {
 		s.cueError(w, err)
 		return
@@ -78,9 +90,16 @@ func (s *Server) stopRunOfShow(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	sh := s.show(def.Name, st)
-	sh.StopRunOfShow()
-	writeJSON(w, http.StatusOK, sh.RunOfShowState())
+	sh, ok := s.showOr503(w, def.Name, st)
+	if !ok {
+		return
+	}
+	run, err := sh.StopRunOfShow(r.Context())
+	if err != nil {
+		s.cueError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, run)
 }
 
 // streamClock is the media clock the overlay stamps cues with: the video
@@ -90,27 +109,63 @@ type streamClock struct{ st *media.Stream }
 func (c streamClock) Latest() (uint32, bool)        { return c.st.Video.LastTimestamp() }
 func (c streamClock) At(t time.Time) (uint32, bool) { return c.st.Video.RTPTimeAt(t) }
 
-// show returns the stream's overlay show, starting it on first use.
-func (s *Server) show(name string, st *media.Stream) *overlay.Show {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sh, ok := s.shows[name]
-	if !ok {
-		sh = overlay.NewShow(name, streamClock{st}, s.showCfg)
-		s.shows[name] = sh
+// show returns the stream's overlay show, starting it on first use where
+// the store left it. A store that fails is an error; the next call tries
+// again.
+func (s *Server) show(ctx context.Context, name string, st *media.Stream) (*overlay.Show, error) {
+	s.showsMu.Lock()
+	defer s.showsMu.Unlock()
+	if sh, ok := s.shows[name]; ok {
+		return sh, nil
 	}
-	return sh
+	sh, err := overlay.NewShow(ctx, name, streamClock{st}, s.showCfg)
+	if err != nil {
+		return nil, err
+	}
+	s.shows[name] = sh
+	return sh, nil
+}
+
+// showOr503 is show for a handler: when the show cannot be restored, it
+// answers 503 so the client tries again, and logs why.
+func (s *Server) showOr503(w http.ResponseWriter, name string, st *media.Stream) (*overlay.Show, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sh, err := s.show(ctx, name, st)
+	if err != nil {
+		s.log.Error("overlay: show unavailable", "stream", name, "err", err)
+		writeError(w, http.StatusServiceUnavailable, "store_unavailable", "the show's state could not be read from the store; try again")
+		return nil, false
+	}
+	return sh, true
+}
+
+// OpenShows starts the show of every stream at once, so that what a restart
+// interrupted is picked up before the first request: a flash sale that ran
+// out meanwhile ends now and its event goes to the merchant, a running one
+// gets its end timer, a run-of-show goes on.
+func (s *Server) OpenShows(ctx context.Context) error {
+	for _, def := range s.streams.List() {
+		_, st, ok := s.streams.Get(def.Name)
+		if !ok {
+			continue
+		}
+		if _, err := s.show(ctx, def.Name, st); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Shows calls fn for every running show (the reservation sweeper uses it to
 // announce returned stock).
 func (s *Server) Shows(fn func(*overlay.Show)) {
-	s.mu.Lock()
+	s.showsMu.Lock()
 	all := make([]*overlay.Show, 0, len(s.shows))
 	for _, sh := range s.shows {
 		all = append(all, sh)
 	}
-	s.mu.Unlock()
+	s.showsMu.Unlock()
 	for _, sh := range all {
 		fn(sh)
 	}
@@ -147,7 +202,11 @@ func (s *Server) postCue(w http.ResponseWriter, r *http.Request) {
 	if !readJSON(w, r, &req) {
 		return
 	}
-	m, err := s.show(def.Name, st).Cue(r.Context(), req)
+	sh, ok := s.showOr503(w, def.Name, st)
+	if !ok {
+		return
+	}
+	m, err := sh.Cue(r.Context(), req)
 	if err != nil {
 		s.cueError(w, err)
 		return
@@ -175,7 +234,11 @@ func (s *Server) getOverlay(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "unknown_stream", ErrStreamUnknown.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, s.show(def.Name, st).Snapshot())
+	sh, ok := s.showOr503(w, def.Name, st)
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, sh.Snapshot())
 }
 
 // events serves the overlay and the stream state as Server-Sent Events, for
@@ -200,7 +263,11 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 			once.Do(func() { close(overflow) })
 		}
 	}
-	unsubscribe := s.show(def.Name, st).Subscribe(send)
+	sh, ok := s.showOr503(w, def.Name, st)
+	if !ok {
+		return
+	}
+	unsubscribe := sh.Subscribe(send)
 	defer unsubscribe()
 	unwatch := st.Watch(func(state media.State, reason string) {
 		b, _ := json.Marshal(StateMessage{V: 1, Type: "stream.state", State: state, Reason: reason})
@@ -358,7 +425,11 @@ func (s *Server) postBuy(w http.ResponseWriter, r *http.Request) {
 	if fresh {
 		w.Header().Set("Vitrine-Viewer", s.viewerToken(viewer))
 	}
-	res, err := s.show(def.Name, st).Buy(r.Context(), viewer, m.SKU, m.Qty, m.Key)
+	sh, ok := s.showOr503(w, def.Name, st)
+	if !ok {
+		return
+	}
+	res, err := sh.Buy(r.Context(), viewer, m.SKU, m.Qty, m.Key)
 	if err != nil {
 		code, msg := buyErrorCode(err)
 		switch code {
@@ -384,10 +455,14 @@ func (s *Server) postConfirm(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		_, st, ok := s.streams.Get(o.Stream)
 		if !ok {
-			err = overlay.ErrNotFound
-		} else {
-			o, err = s.show(o.Stream, st).Confirm(r.Context(), viewer, o.ID)
+			writeError(w, http.StatusNotFound, "unknown_order", "no such order")
+			return
 		}
+		sh, ok := s.showOr503(w, o.Stream, st)
+		if !ok {
+			return
+		}
+		o, err = sh.Confirm(r.Context(), viewer, o.ID)
 	}
 	if err != nil {
 		status, code, msg := confirmError(err)

@@ -58,8 +58,12 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[string]*session // by id, WHIP and WHEP
-	shows    map[string]*overlay.Show
 	ready    bool
+
+	// showsMu guards shows apart from mu: restoring a show waits on the
+	// store, and sessions should not wait with it.
+	showsMu sync.Mutex
+	shows   map[string]*overlay.Show
 }
 
 type edgeMetrics struct {
@@ -324,12 +328,12 @@ func (s *Server) getStream(w http.ResponseWriter, r *http.Request) {
 func (s *Server) deleteStream(w http.ResponseWriter, r *http.Request) {
 	err := s.streams.Delete(r.PathValue("stream"))
 	if err == nil {
-		s.mu.Lock()
+		s.showsMu.Lock()
 		if sh, ok := s.shows[r.PathValue("stream")]; ok {
 			sh.Close()
 			delete(s.shows, r.PathValue("stream"))
 		}
-		s.mu.Unlock()
+		s.showsMu.Unlock()
 	}
 	switch {
 	case errors.Is(err, ErrStreamUnknown):

@@ -69,7 +69,10 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), answerTimeout)
 	defer cancel()
 	viewer, _ := s.viewerID(r.URL.Query().Get("viewer"))
-	sh := s.show(name, st)
+	sh, ok := s.showOr503(w, name, st)
+	if !ok {
+		return
+	}
 	var mu sync.Mutex
 	var cancels []func()
 	closed := false

@@ -186,9 +186,18 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 		Version:      version,
 		Commit:       commit(),
 	}, rtc, a.streams, a.store, reg, reg, log)
+	// Before the first request: what the last run left on screen and on
+	// sale comes back, and sales that ran out meanwhile end now.
+	if err := a.edge.OpenShows(context.Background()); err != nil {
+		a.store.Close()
+		a.streams.Close()
+		rtc.Close()
+		return nil, fmt.Errorf("store: %w", err)
+	}
 
 	a.listener, err = net.Listen("tcp", cfg.HTTP)
 	if err != nil {
+		a.edge.Shows(func(sh *overlay.Show) { sh.Close() })
 		a.store.Close()
 		a.streams.Close()
 		rtc.Close()
@@ -199,6 +208,7 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 		a.metricsListener, err = net.Listen("tcp", cfg.Metrics.Listen)
 		if err != nil {
 			a.listener.Close()
+			a.edge.Shows(func(sh *overlay.Show) { sh.Close() })
 			a.store.Close()
 			a.streams.Close()
 			rtc.Close()
