@@ -74,7 +74,7 @@ func (s *Show) changeRun(ctx context.Context, run RunOfShow) (RunOfShow, error) 
 	defer s.mu.Unlock()
 	st := s.state()
 	st.Run = run
-	if _, err := s.cfg.Store.ChangeShow(ctx, ShowChange{State: st}, s.cfg.Now()); err != nil {
+	if _, err := s.change(ctx, ShowChange{State: st}, s.cfg.Now()); err != nil {
 		return s.run, err
 	}
 	s.stopRun()
@@ -137,7 +137,7 @@ func (s *Show) runCues(cues []TimedCue, from int, start time.Time, stop chan str
 func (s *Show) fired(ctx context.Context, stop chan struct{}, n int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.runStop != stop {
+	if s.runStop != stop || s.closed {
 		return
 	}
 	s.run.Fired = n
@@ -147,7 +147,7 @@ func (s *Show) fired(ctx context.Context, stop chan struct{}, n int) {
 	}
 	// The show goes on in memory when the store fails; the next change
 	// that succeeds writes the progress.
-	if _, err := s.cfg.Store.ChangeShow(ctx, ShowChange{State: s.state()}, s.cfg.Now()); err != nil {
+	if _, err := s.change(ctx, ShowChange{State: s.state()}, s.cfg.Now()); err != nil {
 		s.cfg.Log.Error("run-of-show: store progress", "stream", s.stream, "fired", n, "err", err)
 		s.cfg.Metrics.StoreErrors.WithLabelValues("run_of_show").Inc()
 	}

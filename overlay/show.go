@@ -109,6 +109,7 @@ var (
 	ErrUnknownSKU    = errors.New("unknown product")
 	ErrNothingToHide = errors.New("no card is shown")
 	ErrNoSale        = errors.New("no flash sale is running")
+	ErrShowClosed    = errors.New("the show is closed (its stream was deleted)")
 )
 
 // ShowConfig is what every stream's show shares.
@@ -143,6 +144,7 @@ type Show struct {
 	dirty    map[string]bool
 	run      RunOfShow
 	runStop  chan struct{}
+	closed   bool // set by Close: the show changes nothing any more
 	stop     chan struct{}
 	stopOnce sync.Once
 }
@@ -222,7 +224,7 @@ func (s *Show) restore(ctx context.Context) error {
 		ch.End = append(ch.End, ch.State.ListSaleID)
 		ch.State.ListSaleID = ""
 	}
-	res, err := s.cfg.Store.ChangeShow(ctx, ch, now)
+	res, err := s.change(ctx, ch, now)
 	if err != nil {
 		return err
 	}
@@ -270,16 +272,29 @@ func (s *Show) armSaleEnd(sale Sale, now time.Time) {
 	s.saleEnd = time.AfterFunc(sale.EndsAt.Sub(now), func() { s.saleExpired(sale.ID) })
 }
 
-// Close stops the show's timers.
+// Close stops the show's timers and its run-of-show. What the store holds
+// stays for the next show of the stream (after a restart) to pick up.
 func (s *Show) Close() {
 	s.stopOnce.Do(func() {
 		close(s.stop)
 		s.mu.Lock()
+		s.closed = true
 		if s.saleEnd != nil {
 			s.saleEnd.Stop()
 		}
+		s.stopRun()
 		s.mu.Unlock()
 	})
+}
+
+// change writes a step of the show through the store; s.mu must be held.
+// A closed show writes nothing: a timer or cue that was already on its way
+// must not overwrite what the next show of the stream has written.
+func (s *Show) change(ctx context.Context, ch ShowChange, now time.Time) (ShowChangeResult, error) {
+	if s.closed {
+		return ShowChangeResult{}, ErrShowClosed
+	}
+	return s.cfg.Store.ChangeShow(ctx, ch, now)
 }
 
 // Subscribe sends the snapshot (card, sale with time left, stock) to send at
@@ -427,7 +442,7 @@ func (s *Show) showCard(ctx context.Context, sku string, now time.Time, m *Messa
 	} else {
 		ch.StartList = s.listSaleOf(sku, now)
 	}
-	res, err := s.cfg.Store.ChangeShow(ctx, ch, now)
+	res, err := s.change(ctx, ch, now)
 	if err != nil {
 		return err
 	}
@@ -449,7 +464,7 @@ func (s *Show) hideCard(ctx context.Context, now time.Time, m *Message) error {
 	if s.listSale != "" {
 		ch.End = []string{s.listSale}
 	}
-	if _, err := s.cfg.Store.ChangeShow(ctx, ch, now); err != nil {
+	if _, err := s.change(ctx, ch, now); err != nil {
 		return err
 	}
 	m.ID, m.SKU = s.cueID(), s.card.SKU
@@ -480,7 +495,7 @@ func (s *Show) startSale(ctx context.Context, req CueRequest, now time.Time, m *
 	if s.listSale != "" {
 		ch.End = []string{s.listSale}
 	}
-	res, err := s.cfg.Store.ChangeShow(ctx, ch, now)
+	res, err := s.change(ctx, ch, now)
 	if err != nil {
 		return err
 	}
@@ -540,7 +555,7 @@ func (s *Show) endSale(ctx context.Context, now time.Time, m *Message) error {
 	if onCard {
 		ch.StartList = s.listSaleOf(s.sale.SKU, now)
 	}
-	res, err := s.cfg.Store.ChangeShow(ctx, ch, now)
+	res, err := s.change(ctx, ch, now)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package overlay_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"sync"
@@ -170,6 +171,10 @@ func TestShowEndsSaleThatRanOutWhileDown(t *testing.T) {
 	r.cue(overlay.CueRequest{Type: overlay.CueSaleStart, SKU: "tee-1", PriceMinor: 990, Units: 5, DurationSec: 60})
 	r.buy("tee-1", "key-down-1", 1)
 	r.show.Close()
+	// A closed show (the process going down) changes nothing any more.
+	if _, err := r.show.Cue(context.Background(), overlay.CueRequest{Type: overlay.CueSaleEnd}); !errors.Is(err, overlay.ErrShowClosed) {
+		t.Fatalf("sale.end on a closed show: %v, want ErrShowClosed", err)
+	}
 	r.clock.Set(r.clock.Now().Add(10 * time.Minute))
 	r.restart()
 	snap := r.show.Snapshot()

@@ -221,6 +221,8 @@ func (s *Server) cueError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusBadRequest, "invalid_cue", err.Error())
 	case errors.Is(err, overlay.ErrUnknownSKU):
 		writeError(w, http.StatusNotFound, "unknown_product", err.Error())
+	case errors.Is(err, overlay.ErrShowClosed):
+		writeError(w, http.StatusNotFound, "unknown_stream", ErrStreamUnknown.Error())
 	case errors.Is(err, overlay.ErrNothingToHide), errors.Is(err, overlay.ErrNoSale), errors.Is(err, overlay.ErrSaleRunning):
 		writeError(w, http.StatusConflict, "conflict", err.Error())
 	default:
