@@ -151,10 +151,19 @@ test('go live, watch, show a card, sell out a flash sale, embed, reload', async 
   });
 
   await t.test('the creator reloads the studio; the viewer plays again within seconds', async () => {
+    // A run-of-show half way through: the reloaded studio shows how far it got.
+    const ros = `${server.base}/api/v1/streams/demo/run-of-show`;
+    const auth = { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' };
+    const cues = [{ offset_ms: 0, cue: { type: 'card.show', sku: 'demo-headphones' } }, { offset_ms: 600000, cue: { type: 'card.hide' } }];
+    assert.equal((await fetch(ros, { method: 'PUT', headers: auth, body: JSON.stringify({ cues }) })).status, 200);
+    assert.equal((await fetch(`${ros}/start`, { method: 'POST', headers: auth })).status, 200);
     const before = (await videoStats(viewer)).frames;
     const reloaded = Date.now();
     await studio.reload();
     await studio.waitForSelector('#state[data-state=live]', { timeout: 20000 });
+    await studio.waitForFunction(() => document.getElementById('ros-state').textContent === 'Running: 1 of 2 cues fired.', null, { timeout: 10000 });
+    assert.match(await studio.inputValue('#ros'), /card\.hide/);
+    await fetch(`${ros}/stop`, { method: 'POST', headers: auth });
     await waitFor('viewer decodes new frames after the reload', async () => {
       const s = await videoStats(viewer);
       return s && s.frames > before + 30;

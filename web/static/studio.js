@@ -53,6 +53,7 @@ function openDesk() {
   $('h-rtmp').textContent = `rtmp://${location.hostname}:1935/live`;
   loadProducts();
   followOverlay();
+  loadRunOfShow();
   setInterval(updateFigures, 2000);
   // A reload while live goes live again by itself.
   if (sessionStorage.getItem('vitrine-live') === '1') goLive();
@@ -262,6 +263,19 @@ function renderOnscreen() {
     text += ` · flash sale: ${s.units > 0 ? `${s.units_left} of ${s.units} left, ` : ''}${Math.floor(left / 60)}:${String(left % 60).padStart(2, '0')} to go`;
   }
   $('onscreen').textContent = text;
+}
+
+// The run-of-show the server keeps (it survives a restart of the server or
+// a reload of this page), with how far it got.
+async function loadRunOfShow() {
+  try {
+    const r = await api(`/api/v1/streams/${encodeURIComponent(stream)}/run-of-show`);
+    if (!r.cues?.length) return;
+    $('ros').value = JSON.stringify(r.cues, null, 1);
+    $('ros-state').textContent = r.running ? `Running: ${r.fired} of ${r.cues.length} cues fired.` : `Loaded: ${r.cues.length} cues, ${r.fired} fired, stopped.`;
+  } catch (err) {
+    $('ros-state').textContent = `Run-of-show not loaded: ${err.message}`;
+  }
 }
 
 $('ros-start').addEventListener('click', async () => {
