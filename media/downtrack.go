@@ -49,6 +49,9 @@ type DownTrack struct {
 	needKeyframe bool
 	started      bool
 	mismatch     bool
+	// catchUp is a joining viewer's replay and the live packets that came
+	// during it, sent paced (see startReplay); nil once caught up.
+	catchUp catchUp
 
 	// Owned by the RTCP goroutine.
 	rtxSeq uint16
@@ -168,11 +171,11 @@ func (d *DownTrack) Unbind(webrtc.TrackLocalContext) error {
 }
 
 // writePacket runs on the track's shard goroutine, once per packet per
-// viewer: it must not allocate or block. It reports whether it sent p. A
-// viewer that needs a keyframe first gets the cached group of pictures
-// before p (replay is the shard's scratch space for it), or waits for a
+// viewer: it must not block, and allocates only when a viewer starts a
+// replay. It reports whether it sent p now. A viewer that needs a keyframe
+// first gets the cached group of pictures before p, or waits for a
 // keyframe.
-func (d *DownTrack) writePacket(p *Packet, replay *[]*Packet) bool {
+func (d *DownTrack) writePacket(p *Packet) bool {
 	if !d.bound.Load() || d.mismatch {
 		return false
 	}
@@ -180,6 +183,7 @@ func (d *DownTrack) writePacket(p *Packet, replay *[]*Packet) bool {
 		// A new source: its codec may differ, and the decoder needs a
 		// keyframe from it before anything else.
 		d.epoch = p.Epoch
+		d.catchUp.drop()
 		d.setNeedKeyframe(d.track.kind == Video)
 		if c := d.track.Codec(); !d.codec.SameFormat(c) {
 			d.mismatch = true
@@ -190,15 +194,33 @@ func (d *DownTrack) writePacket(p *Packet, replay *[]*Packet) bool {
 		}
 	}
 	if d.needKeyframe {
-		if d.replay != ReplayOff && d.readyAt.Load() != 0 && d.replayBefore(p, replay) {
-			d.setNeedKeyframe(false)
-		} else if !p.Keyframe {
+		if d.replay != ReplayOff && d.readyAt.Load() != 0 && d.startReplay(p) {
+			return false
+		}
+		if !p.Keyframe {
 			return false
 		}
 	}
+	if d.catchUp.active() {
+		p.retain()
+		d.catchUp.queue = append(d.catchUp.queue, p)
+		d.drain(time.Now())
+		return false
+	}
+	if !d.write(p, nil) {
+		return false
+	}
+	d.setNeedKeyframe(false)
+	return true
+}
+
+// write sends one packet with the viewer's SSRC and payload type (and the
+// timestamp a squeezed replay gave it); false if it did not go out.
+func (d *DownTrack) write(p *Packet, r *replayed) bool {
 	d.hdr = p.Header
 	d.hdr.SSRC = d.ssrc
 	d.hdr.PayloadType = d.pt
+	d.hdr.Timestamp = r.timestamp(p.Header.SequenceNumber, p.Header.Timestamp)
 	n, err := d.writer.WriteRTP(&d.hdr, p.Payload)
 	if err != nil {
 		d.track.metrics.dropped(d.track.kind, "write_error")
@@ -211,7 +233,6 @@ func (d *DownTrack) writePacket(p *Packet, replay *[]*Packet) bool {
 		// waited for the next one).
 		return false
 	}
-	d.setNeedKeyframe(false)
 	d.sent(len(p.Payload))
 	return true
 }
@@ -225,46 +246,110 @@ func (d *DownTrack) sent(bytes int) {
 	d.octets.Add(uint32(bytes))
 }
 
-// replayBefore writes the viewer the cached packets that precede p, from
-// the group's keyframe on, and reports whether it did: the viewer then
-// decodes p and what follows without waiting for a new keyframe. With
-// ReplaySqueezed their timestamps are pulled in just before p's.
-func (d *DownTrack) replayBefore(p *Packet, scratch *[]*Packet) bool {
-	pkts := d.track.replayBefore(p, (*scratch)[:0])
-	defer func() {
-		for i, q := range pkts {
-			q.release()
-			pkts[i] = nil
-		}
-		*scratch = pkts[:0]
-	}()
+// catchUp is a joining viewer's queue: the cached packets from the group's
+// keyframe, then the live packets that arrive while they go out. The
+// keyframe's access unit goes at once (the first picture); the rest at
+// replayPace times the group's own bitrate, so that a burst of up to a
+// whole group of pictures (600 KB for 2 s at 2.5 Mbit/s) does not overflow
+// the viewer's socket or a phone link's queue, and the viewer still catches
+// up with live quickly (a 2 s group in about 0.7 s).
+type catchUp struct {
+	queue    []*Packet // retained; queue[head:] waits
+	head     int
+	replayed int       // queue[:replayed] is the replay
+	r        *replayed // squeezed timestamps, nil for original ones
+	rate     float64   // bytes per nanosecond
+	budget   float64   // bytes that may go now
+	at       time.Time // when budget was last filled
+}
+
+// replayPace is how much faster than the group's bitrate the replay goes.
+const replayPace = 4
+
+// minReplayRate is the slowest replay pace, for groups of pictures of a
+// nearly still picture: 2 Mbit/s.
+const minReplayRate = 2_000_000 / 8 / float64(time.Second)
+
+func (c *catchUp) active() bool { return c.queue != nil }
+
+// drop releases what is queued (a new source: the viewer starts again).
+func (c *catchUp) drop() {
+	for _, q := range c.queue[c.head:] {
+		q.release()
+	}
+	*c = catchUp{}
+}
+
+// startReplay queues the cached packets that precede p, from the group's
+// keyframe on, then p, and starts sending them; false if the cache cannot
+// serve p. The viewer then decodes p and what follows without waiting for
+// a new keyframe. With ReplaySqueezed their timestamps are pulled in just
+// before p's.
+func (d *DownTrack) startReplay(p *Packet) bool {
+	pkts := d.track.replayBefore(p, nil)
 	if len(pkts) == 0 {
 		return false
 	}
-	r := &replayed{first: pkts[0].Header.SequenceNumber, last: pkts[len(pkts)-1].Header.SequenceNumber, end: p.Header.Timestamp}
-	if d.replay != ReplaySqueezed {
-		r = nil
+	c := catchUp{queue: pkts, replayed: len(pkts), at: time.Now()}
+	if d.replay == ReplaySqueezed {
+		c.r = &replayed{first: pkts[0].Header.SequenceNumber, last: pkts[len(pkts)-1].Header.SequenceNumber, end: p.Header.Timestamp}
 	}
-	m := d.track.metrics
-	for i, q := range pkts {
-		d.hdr = q.Header
-		d.hdr.SSRC = d.ssrc
-		d.hdr.PayloadType = d.pt
-		d.hdr.Timestamp = r.timestamp(q.Header.SequenceNumber, q.Header.Timestamp)
-		n, err := d.writer.WriteRTP(&d.hdr, q.Payload)
-		if err != nil || n == 0 {
-			if i == 0 {
-				return false // not sent: the viewer still needs its keyframe
-			}
-			m.dropped(d.track.kind, "write_error")
-			continue // the viewer asks for it again (NACK)
+	bytes, key := 0, 0
+	for _, q := range pkts {
+		bytes += len(q.Payload)
+		if key == 0 && q.Header.Marker {
+			key = bytes // the keyframe's access unit
 		}
-		d.sent(len(q.Payload))
 	}
-	d.lastReplay.Store(r)
+	span := time.Duration(p.Header.Timestamp-pkts[0].Header.Timestamp) * time.Second / time.Duration(max(1, d.track.Codec().ClockRate))
+	c.rate = minReplayRate
+	if span > 0 {
+		c.rate = max(c.rate, replayPace*float64(bytes)/float64(span))
+	}
+	c.budget = float64(max(key, 1))
+	p.retain()
+	c.queue = append(c.queue, p)
+	d.catchUp = c
+	d.lastReplay.Store(c.r)
+	m := d.track.metrics
 	m.JoinReplays.Inc()
 	m.ReplayedPackets.Add(float64(len(pkts)))
+	if !d.drain(c.at) {
+		// Nothing went out: the viewer still needs its keyframe.
+		d.catchUp.drop()
+		return false
+	}
+	d.setNeedKeyframe(false)
 	return true
+}
+
+// drain sends what the pace allows now, and reports whether it sent the
+// first packet of a replay that had sent nothing yet (false otherwise).
+func (d *DownTrack) drain(now time.Time) bool {
+	c := &d.catchUp
+	started := c.head == 0
+	c.budget = min(c.budget+float64(now.Sub(c.at))*c.rate, max(c.budget, 64<<10))
+	c.at = now
+	for c.head < len(c.queue) && c.budget > 0 {
+		q := c.queue[c.head]
+		sent := d.write(q, c.r)
+		if !sent && c.head == 0 {
+			return false
+		}
+		if sent && c.head >= c.replayed {
+			d.track.metrics.forwarded(d.track.kind, 1, len(q.Payload))
+		}
+		// A replayed packet that did not go out is asked for again (NACK).
+		c.budget -= float64(len(q.Payload))
+		q.release()
+		c.queue[c.head] = nil
+		c.head++
+	}
+	first := started && c.head > 0
+	if c.head == len(c.queue) {
+		*c = catchUp{} // caught up: live packets go straight out again
+	}
+	return first
 }
 
 // readRTCP serves the viewer's feedback for this track until the sender is

@@ -2,8 +2,11 @@ package media
 
 import (
 	"bytes"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/pion/rtp"
 
 	dto "github.com/prometheus/client_model/go"
 )
@@ -34,6 +37,9 @@ func TestJoinReplaySqueezed(t *testing.T) {
 	w := &recorder{keep: true}
 	replayViewer(tr, ReplaySqueezed, w)
 	send(pSlice) // the live packet the joiner's replay comes before
+	// The keyframe goes at once, the rest at the replay's pace, as live
+	// packets come.
+	time.Sleep(5 * time.Millisecond)
 	send(pSlice)
 	waitFor(t, "replay and two live packets", func() bool { return w.n.Load() == 13 })
 	hdrs, payloads := w.got()
@@ -77,12 +83,9 @@ func TestJoinReplayModes(t *testing.T) {
 		w := &recorder{keep: true}
 		replayViewer(tr, mode, w)
 		send(pSlice)
-		if mode == ReplayOriginal {
-			// The cached keyframe and predicted frame, then the live one.
-			waitFor(t, "replay", func() bool { return w.n.Load() == 3 })
-		}
+		time.Sleep(5 * time.Millisecond)
 		send(idr)
-		want := 4
+		want := 4 // the cached keyframe and predicted frame, then the live ones
 		if mode == ReplayOff {
 			want = 1 // only the next keyframe
 		}
@@ -141,7 +144,9 @@ func TestJoinReplayWaitsForConnection(t *testing.T) {
 	w.notYet.Store(false)
 	d.ready()
 	send(pSlice)
-	waitFor(t, "replay", func() bool { return w.n.Load() == 3 })
+	time.Sleep(5 * time.Millisecond)
+	send(pSlice)
+	waitFor(t, "replay", func() bool { return w.n.Load() == 4 })
 	if _, p := w.got(); !bytes.Equal(p[0], idr) {
 		t.Errorf("first packet %x, want the keyframe", p[0])
 	}
@@ -166,4 +171,63 @@ func TestReplayedRetransmitTimestamps(t *testing.T) {
 	if none.timestamp(1, 7) != 7 {
 		t.Error("no replay: timestamps unchanged")
 	}
+}
+
+// A joiner gets the cached keyframe at once and the rest of a large group
+// of pictures paced, not in one burst that would overflow its socket; then
+// it is caught up and gets live packets as they come, every sequence
+// number once and in order.
+func TestJoinReplayPaced(t *testing.T) {
+	tr := testTrack(t, Video)
+	tr.enableReplay(ReplayOriginal, DefaultGOPCacheBytes, DefaultGOPCacheAge)
+	src := tr.NewSource(DefaultVideoCodec, nil)
+	h := rtp.Header{SequenceNumber: 100, Timestamp: 9000, PayloadType: 96, SSRC: 5, Marker: true}
+	frame := func(key bool) {
+		p := bytes.Repeat([]byte{0x41, 0x9a}, 500) // 1000 bytes, one packet a frame
+		if key {
+			p = append(slices.Clone(idr), p[:991]...)
+		}
+		if err := src.WriteRTP(&h, p); err != nil {
+			t.Fatal(err)
+		}
+		h.SequenceNumber++
+		h.Timestamp += 3000
+	}
+	frame(true)
+	for range 59 { // 2 s at 30 fps
+		frame(false)
+	}
+	w := &recorder{keep: true}
+	replayViewer(tr, ReplayOriginal, w)
+	frame(false)
+	waitFor(t, "the keyframe", func() bool { return w.n.Load() >= 1 })
+	time.Sleep(20 * time.Millisecond)
+	if n := w.n.Load(); n != 1 {
+		t.Fatalf("%d packets right after the join, want the keyframe alone", n)
+	}
+	time.Sleep(10 * time.Millisecond)
+	frame(false)
+	time.Sleep(20 * time.Millisecond)
+	if n := w.n.Load(); n >= 30 {
+		t.Fatalf("%d of 62 packets 10 ms after the join: the replay went in a burst", n)
+	}
+	live := 2
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); live++ {
+		time.Sleep(10 * time.Millisecond)
+		if w.n.Load() == int64(60+live) {
+			break
+		}
+		frame(false)
+	}
+	waitFor(t, "caught up", func() bool { return w.n.Load() == int64(60+live) })
+	hdrs, payloads := w.got()
+	if payloads[0][0] != idr[0] {
+		t.Fatalf("first packet %x, want the keyframe", payloads[0][:2])
+	}
+	for i := 1; i < len(hdrs); i++ {
+		if hdrs[i].SequenceNumber != hdrs[i-1].SequenceNumber+1 {
+			t.Fatalf("packet %d: sequence %d after %d", i, hdrs[i].SequenceNumber, hdrs[i-1].SequenceNumber)
+		}
+	}
+	t.Logf("caught up after %d live frames (%d ms)", live, live*10)
 }

@@ -66,7 +66,6 @@ type shard struct {
 	viewers atomic.Pointer[[]*DownTrack]
 	done    chan struct{}
 	forward latencyHist
-	replay  []*Packet // reused for each joining viewer's replay
 }
 
 // shardQueue is how many packets a shard may lag behind ingest before its
@@ -446,7 +445,7 @@ func (t *Track) runShard(sh *shard) {
 		}
 		for _, d := range *sh.viewers.Load() {
 			for i, q := range burst[:n] {
-				if d.writePacket(q, &sh.replay) {
+				if d.writePacket(q) {
 					sent[i]++
 				}
 			}
