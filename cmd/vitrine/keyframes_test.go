@@ -144,6 +144,25 @@ func TestRTMPLongKeyframeInterval(t *testing.T) {
 		t.Errorf("the late viewer waited %s for a keyframe; the encoder's next one was %s away", wait, next)
 	}
 
+	// While the clip (15 s) is still live: the creator is told what the
+	// re-encode costs and how to remove it.
+	h := st.Health(time.Now())
+	var warned *media.Warning
+	for i, w := range h.Warnings {
+		if w.Code == "keyframe_interval" {
+			warned = &h.Warnings[i]
+		}
+	}
+	if warned == nil || !strings.Contains(warned.Message, "re-encodes") || !strings.Contains(warned.Fix, "Keyframe Interval") {
+		t.Errorf("the creator is not told about the re-encode and its fix: %+v", h.Warnings)
+	}
+	if h.Video.BFrames {
+		t.Error("health reports B-frames for a stream without")
+	}
+	if got := metricLine(t, base, `vitrine_video_transcodes_active{stream="demo"}`); got != 1 {
+		t.Errorf("vitrine_video_transcodes_active = %v, want 1", got)
+	}
+
 	// RTSP readers keep the video as sent: every slice they get is one the
 	// encoder made (they start at its next keyframe, 10 s in).
 	got := readRTSP(t, "rtsp://"+a.proto.rtsp.Addr().String()+"/demo", "30")
@@ -212,22 +231,6 @@ func TestRTMPLongKeyframeInterval(t *testing.T) {
 	}
 	t.Logf("early viewer: %d frames, longest gap between two %s (one is the switch to the re-encode)", len(frames), gap.Round(time.Millisecond))
 
-	h := st.Health(time.Now())
-	var warned *media.Warning
-	for i, w := range h.Warnings {
-		if w.Code == "keyframe_interval" {
-			warned = &h.Warnings[i]
-		}
-	}
-	if warned == nil || !strings.Contains(warned.Message, "re-encodes") || !strings.Contains(warned.Fix, "Keyframe Interval") {
-		t.Errorf("the creator is not told about the re-encode and its fix: %+v", h.Warnings)
-	}
-	if h.Video.BFrames {
-		t.Error("health reports B-frames for a stream without")
-	}
-	if got := metricLine(t, base, `vitrine_video_transcodes_active{stream="demo"}`); got != 1 {
-		t.Errorf("vitrine_video_transcodes_active = %v, want 1", got)
-	}
 }
 
 // TestRTMPLongKeyframeIntervalOff: with streams.reencode_keyframes_over 0,
