@@ -3,6 +3,7 @@ package media
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -261,10 +262,15 @@ type catchUp struct {
 	rate     float64   // bytes per nanosecond
 	budget   float64   // bytes that may go now
 	at       time.Time // when budget was last filled
+	until    time.Time // past it, what is left goes at once
 }
 
 // replayPace is how much faster than the group's bitrate the replay goes.
 const replayPace = 4
+
+// maxCatchUp bounds how long a joiner is paced: should the stream's
+// bitrate jump past the pace, the viewer does not fall further behind.
+const maxCatchUp = 2 * time.Second
 
 // minReplayRate is the slowest replay pace, for groups of pictures of a
 // nearly still picture: 2 Mbit/s.
@@ -301,11 +307,18 @@ func (d *DownTrack) startReplay(p *Packet) bool {
 			key = bytes // the keyframe's access unit
 		}
 	}
-	span := time.Duration(p.Header.Timestamp-pkts[0].Header.Timestamp) * time.Second / time.Duration(max(1, d.track.Codec().ClockRate))
+	// The pace is a multiple of the stream's bitrate (measured over the
+	// last second or two; the group's own when it spans longer), so that
+	// the queue drains faster than live packets fill it.
 	c.rate = minReplayRate
-	if span > 0 {
+	span := time.Duration(p.Header.Timestamp-pkts[0].Header.Timestamp) * time.Second / time.Duration(max(1, d.track.Codec().ClockRate))
+	if span >= time.Second {
 		c.rate = max(c.rate, replayPace*float64(bytes)/float64(span))
 	}
+	if bps, _, ok := d.track.rates(c.at); ok {
+		c.rate = max(c.rate, replayPace*bps/8/float64(time.Second))
+	}
+	c.until = c.at.Add(maxCatchUp)
 	c.budget = float64(max(key, 1))
 	p.retain()
 	c.queue = append(c.queue, p)
@@ -329,6 +342,9 @@ func (d *DownTrack) drain(now time.Time) bool {
 	c := &d.catchUp
 	started := c.head == 0
 	c.budget = min(c.budget+float64(now.Sub(c.at))*c.rate, max(c.budget, 64<<10))
+	if now.After(c.until) {
+		c.budget = math.Inf(1)
+	}
 	c.at = now
 	for c.head < len(c.queue) && c.budget > 0 {
 		q := c.queue[c.head]
