@@ -248,33 +248,31 @@ func (d *DownTrack) sent(bytes int) {
 }
 
 // catchUp is a joining viewer's queue: the cached packets from the group's
-// keyframe, then the live packets that arrive while they go out. The
-// keyframe's access unit goes at once (the first picture); the rest at
-// replayPace times the group's own bitrate, so that a burst of up to a
-// whole group of pictures (600 KB for 2 s at 2.5 Mbit/s) does not overflow
-// the viewer's socket or a phone link's queue, and the viewer still catches
-// up with live quickly (a 2 s group in about 0.7 s).
+// keyframe, then the live packets that arrive while they go out. It plays
+// them replayPace times faster than real time, by their media timestamps:
+// the keyframe at once (the first picture), then each packet when the
+// replay's clock reaches its timestamp. So a whole group of pictures (600 KB
+// for 2 s at 2.5 Mbit/s) does not go in one burst that overflows the
+// viewer's socket or a phone link's queue, whatever the stream's bitrate,
+// and the viewer is back at live in a third of the group's length (0.7 s
+// for 2 s).
 type catchUp struct {
 	queue    []*Packet // retained; queue[head:] waits
 	head     int
 	replayed int       // queue[:replayed] is the replay
 	r        *replayed // squeezed timestamps, nil for original ones
-	rate     float64   // bytes per nanosecond
-	budget   float64   // bytes that may go now
-	at       time.Time // when budget was last filled
+	start    time.Time // when the replay began
+	from     uint32    // the keyframe's media timestamp
+	ticks    float64   // media clock ticks per nanosecond, times replayPace
 	until    time.Time // past it, what is left goes at once
 }
 
-// replayPace is how much faster than the group's bitrate the replay goes.
+// replayPace is how much faster than real time the replay plays.
 const replayPace = 4
 
-// maxCatchUp bounds how long a joiner is paced: should the stream's
-// bitrate jump past the pace, the viewer does not fall further behind.
+// maxCatchUp bounds how long a joiner is paced: should the media clock
+// stall or jump, the viewer does not stay behind.
 const maxCatchUp = 2 * time.Second
-
-// minReplayRate is the slowest replay pace, for groups of pictures of a
-// nearly still picture: 2 Mbit/s.
-const minReplayRate = 2_000_000 / 8 / float64(time.Second)
 
 func (c *catchUp) active() bool { return c.queue != nil }
 
@@ -296,30 +294,12 @@ func (d *DownTrack) startReplay(p *Packet) bool {
 	if len(pkts) == 0 {
 		return false
 	}
-	c := catchUp{queue: pkts, replayed: len(pkts), at: time.Now()}
+	c := catchUp{queue: pkts, replayed: len(pkts), start: time.Now(), from: pkts[0].Header.Timestamp}
 	if d.replay == ReplaySqueezed {
 		c.r = &replayed{first: pkts[0].Header.SequenceNumber, last: pkts[len(pkts)-1].Header.SequenceNumber, end: p.Header.Timestamp}
 	}
-	bytes, key := 0, 0
-	for _, q := range pkts {
-		bytes += len(q.Payload)
-		if key == 0 && q.Header.Marker {
-			key = bytes // the keyframe's access unit
-		}
-	}
-	// The pace is a multiple of the stream's bitrate (measured over the
-	// last second or two; the group's own when it spans longer), so that
-	// the queue drains faster than live packets fill it.
-	c.rate = minReplayRate
-	span := time.Duration(p.Header.Timestamp-pkts[0].Header.Timestamp) * time.Second / time.Duration(max(1, d.track.Codec().ClockRate))
-	if span >= time.Second {
-		c.rate = max(c.rate, replayPace*float64(bytes)/float64(span))
-	}
-	if bps, _, ok := d.track.rates(c.at); ok {
-		c.rate = max(c.rate, replayPace*bps/8/float64(time.Second))
-	}
-	c.until = c.at.Add(maxCatchUp)
-	c.budget = float64(max(key, 1))
+	c.ticks = replayPace * float64(max(1, d.track.Codec().ClockRate)) / float64(time.Second)
+	c.until = c.start.Add(maxCatchUp)
 	p.retain()
 	c.queue = append(c.queue, p)
 	d.catchUp = c
@@ -327,7 +307,7 @@ func (d *DownTrack) startReplay(p *Packet) bool {
 	m := d.track.metrics
 	m.JoinReplays.Inc()
 	m.ReplayedPackets.Add(float64(len(pkts)))
-	if !d.drain(c.at) {
+	if !d.drain(c.start) {
 		// Nothing went out: the viewer still needs its keyframe.
 		d.catchUp.drop()
 		return false
@@ -341,12 +321,14 @@ func (d *DownTrack) startReplay(p *Packet) bool {
 func (d *DownTrack) drain(now time.Time) bool {
 	c := &d.catchUp
 	started := c.head == 0
-	c.budget = min(c.budget+float64(now.Sub(c.at))*c.rate, max(c.budget, 64<<10))
+	// The replay's clock, in media ticks past the keyframe; every packet
+	// goes once it is reached.
+	elapsed := now.Sub(c.start)
+	reached := int64(float64(elapsed) * c.ticks)
 	if now.After(c.until) {
-		c.budget = math.Inf(1)
+		reached = math.MaxInt64
 	}
-	c.at = now
-	for c.head < len(c.queue) && c.budget > 0 {
+	for c.head < len(c.queue) && int64(int32(c.queue[c.head].Header.Timestamp-c.from)) <= reached {
 		q := c.queue[c.head]
 		sent := d.write(q, c.r)
 		if !sent && c.head == 0 {
@@ -356,7 +338,6 @@ func (d *DownTrack) drain(now time.Time) bool {
 			d.track.metrics.forwarded(d.track.kind, 1, len(q.Payload))
 		}
 		// A replayed packet that did not go out is asked for again (NACK).
-		c.budget -= float64(len(q.Payload))
 		q.release()
 		c.queue[c.head] = nil
 		c.head++

@@ -11,6 +11,10 @@ import (
 	dto "github.com/prometheus/client_model/go"
 )
 
+// replayWait is longer than the replay of these tests' short groups takes
+// at its pace (11 frames of 33 ms played 4x faster: 92 ms).
+const replayWait = 120 * time.Millisecond
+
 // replayViewer is a viewer that joins with replay mode and whose connection
 // is up.
 func replayViewer(tr *Track, mode JoinReplay, w *recorder) *DownTrack {
@@ -39,7 +43,7 @@ func TestJoinReplaySqueezed(t *testing.T) {
 	send(pSlice) // the live packet the joiner's replay comes before
 	// The keyframe goes at once, the rest at the replay's pace, as live
 	// packets come.
-	time.Sleep(5 * time.Millisecond)
+	time.Sleep(replayWait)
 	send(pSlice)
 	waitFor(t, "replay and two live packets", func() bool { return w.n.Load() == 13 })
 	hdrs, payloads := w.got()
@@ -83,7 +87,7 @@ func TestJoinReplayModes(t *testing.T) {
 		w := &recorder{keep: true}
 		replayViewer(tr, mode, w)
 		send(pSlice)
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(replayWait)
 		send(idr)
 		want := 4 // the cached keyframe and predicted frame, then the live ones
 		if mode == ReplayOff {
@@ -144,7 +148,7 @@ func TestJoinReplayWaitsForConnection(t *testing.T) {
 	w.notYet.Store(false)
 	d.ready()
 	send(pSlice)
-	time.Sleep(5 * time.Millisecond)
+	time.Sleep(replayWait)
 	send(pSlice)
 	waitFor(t, "replay", func() bool { return w.n.Load() == 4 })
 	if _, p := w.got(); !bytes.Equal(p[0], idr) {
@@ -201,19 +205,21 @@ func TestJoinReplayPaced(t *testing.T) {
 	replayViewer(tr, ReplayOriginal, w)
 	frame(false)
 	waitFor(t, "the keyframe", func() bool { return w.n.Load() >= 1 })
-	time.Sleep(20 * time.Millisecond)
+	time.Sleep(5 * time.Millisecond)
 	if n := w.n.Load(); n != 1 {
 		t.Fatalf("%d packets right after the join, want the keyframe alone", n)
 	}
-	time.Sleep(10 * time.Millisecond)
+	// Live frames at their real pace (one per 33 ms): the replay plays 4x
+	// faster, so a 2 s group is done in about 0.7 s, not in one burst.
+	time.Sleep(33 * time.Millisecond)
 	frame(false)
-	time.Sleep(20 * time.Millisecond)
+	time.Sleep(5 * time.Millisecond)
 	if n := w.n.Load(); n >= 30 {
-		t.Fatalf("%d of 62 packets 10 ms after the join: the replay went in a burst", n)
+		t.Fatalf("%d of 62 packets 40 ms after the join: the replay went in a burst", n)
 	}
 	live := 2
 	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); live++ {
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(33 * time.Millisecond)
 		if w.n.Load() == int64(60+live) {
 			break
 		}
@@ -229,5 +235,8 @@ func TestJoinReplayPaced(t *testing.T) {
 			t.Fatalf("packet %d: sequence %d after %d", i, hdrs[i].SequenceNumber, hdrs[i-1].SequenceNumber)
 		}
 	}
-	t.Logf("caught up after %d live frames (%d ms)", live, live*10)
+	if live > 40 {
+		t.Fatalf("caught up after %d live frames, want about 20 (2 s at 4x)", live)
+	}
+	t.Logf("caught up after %d live frames (%d ms)", live, live*33)
 }
