@@ -99,11 +99,25 @@ type liteSession struct {
 	done    chan struct{}
 	closing sync.Once
 	srtp    atomic.Pointer[srtp.Context]
+	// early holds, for the read loop, SRTP packets that came before our
+	// side of the DTLS handshake had the keys: the server sends as soon as
+	// its side is done, a moment before ours. A browser handles the
+	// handshake's last flight before the next packet; so do we.
+	early []earlyPacket
 
 	dtls  *dtls.Conn
 	assoc *sctp.Association
 	dc    *datachannel.DataChannel
 }
+
+type earlyPacket struct {
+	b   []byte
+	now int64
+}
+
+// maxEarly bounds the packets kept while the handshake ends (a keyframe and
+// a little more).
+const maxEarly = 512
 
 // stunProbe is a binding request in flight: the server's answer times the
 // round trip.
@@ -501,7 +515,16 @@ func (s *liteSession) datagram(b []byte, from netip.AddrPort, now int64, dec []b
 		}
 		ctx := s.srtp.Load()
 		if ctx == nil {
+			if len(s.early) < maxEarly {
+				s.early = append(s.early, earlyPacket{bytes.Clone(b), now})
+			}
 			return
+		}
+		if early := s.early; early != nil {
+			s.early = nil
+			for _, e := range early {
+				s.datagram(e.b, from, e.now, dec, hdr)
+			}
 		}
 		out, err := ctx.DecryptRTP(dec, b, hdr)
 		if err != nil {
