@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -115,9 +116,10 @@ type earlyPacket struct {
 	now int64
 }
 
-// maxEarly bounds the packets kept while the handshake ends (a keyframe and
-// a little more).
-const maxEarly = 512
+// maxEarly bounds the packets kept while the handshake ends (a replayed
+// group of pictures and more). Past it the oldest go, so what is kept has no
+// gap (a gap would count as loss).
+const maxEarly = 1024
 
 // stunProbe is a binding request in flight: the server's answer times the
 // round trip.
@@ -515,9 +517,10 @@ func (s *liteSession) datagram(b []byte, from netip.AddrPort, now int64, dec []b
 		}
 		ctx := s.srtp.Load()
 		if ctx == nil {
-			if len(s.early) < maxEarly {
-				s.early = append(s.early, earlyPacket{bytes.Clone(b), now})
+			if len(s.early) == maxEarly {
+				s.early = slices.Delete(s.early, 0, 1)
 			}
+			s.early = append(s.early, earlyPacket{bytes.Clone(b), now})
 			return
 		}
 		if early := s.early; early != nil {
