@@ -21,15 +21,16 @@ type Packet struct {
 	Keyframe bool       // a decoder can start at this packet
 	Epoch    uint32     // changes when the source changes (creator reconnect)
 	Arrival  int64      // monotonic nanoseconds at ingest, for latency figures
+	Track    *Track     // the track it belongs to (a viewer may get several simulcast layers)
 
 	buf  [maxPayload]byte
 	refs atomic.Int32
 	pool *sync.Pool
 }
 
-func newPacketPool() *sync.Pool {
+func newPacketPool(t *Track) *sync.Pool {
 	p := &sync.Pool{}
-	p.New = func() any { return &Packet{pool: p} }
+	p.New = func() any { return &Packet{pool: p, Track: t} }
 	return p
 }
 

@@ -86,6 +86,10 @@ type Stream struct {
 	// SetTranscode); original then carries the video as the creator sent it.
 	transcode Transcode
 	original  *Track
+	// simulcast holds the creator's other video layers when the creator
+	// sends simulcast: Video is the first layer the offer lists, these the
+	// rest, in the offer's order. Viewers move between them (see allocate.go).
+	simulcast []*Track
 
 	notifyMu sync.Mutex // delivers state changes in order
 }
@@ -340,6 +344,35 @@ func (s *Stream) OriginalVideo() *Track {
 	return s.original
 }
 
+// SimulcastLayer is the creator's i-th simulcast video layer (0 is Video),
+// made on first use; nil past maxLayers.
+func (s *Stream) SimulcastLayer(i int) *Track {
+	if i == 0 {
+		return s.Video
+	}
+	if i < 0 || i >= maxLayers {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.simulcast) < i {
+		t := newTrack(Video, s.Name, DefaultVideoCodec, s.metrics, s.opts.KeyframeInterval)
+		t.layer = len(s.simulcast) + 1
+		s.simulcast = append(s.simulcast, t)
+	}
+	return s.simulcast[i-1]
+}
+
+// maxLayers bounds a creator's simulcast layers (OBS sends up to 4 or 5).
+const maxLayers = 5
+
+// VideoLayers is Video followed by the other simulcast layers made so far.
+func (s *Stream) VideoLayers() []*Track {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*Track{s.Video}, s.simulcast...)
+}
+
 // ReaderVideo is the video track for readers that play the creator's video
 // as sent (RTSP): OriginalVideo while Video is a re-encode, Video otherwise.
 func (s *Stream) ReaderVideo() *Track {
@@ -387,9 +420,13 @@ func (s *Stream) Close() {
 	s.Audio.close()
 	s.mu.Lock()
 	orig := s.original
+	layers := s.simulcast
 	s.mu.Unlock()
 	if orig != nil {
 		orig.close()
+	}
+	for _, t := range layers {
+		t.close()
 	}
 	s.metrics.Viewers.DeletePartialMatch(map[string]string{"stream": s.Name})
 	s.metrics.removeStream(s)

@@ -25,6 +25,7 @@ import (
 type Track struct {
 	kind    Kind
 	stream  string
+	layer   int // simulcast layer: 0 for a stream's Video (the primary) and Audio
 	metrics *Metrics
 	pool    *sync.Pool
 	cache   *packetCache
@@ -50,6 +51,12 @@ type Track struct {
 	stop      chan struct{}
 
 	nacks, plis atomic.Uint64 // from viewers' RTCP
+
+	// bitrate is what the source sent over the last two seconds, in bit/s,
+	// and rateBytes the byte count it was measured from (sendReports
+	// measures it each second): the allocator ranks simulcast layers by it.
+	bitrate   atomic.Int64
+	rateBytes [2]uint64
 }
 
 // senderClock maps the track's output RTP timestamps to time, from the
@@ -80,16 +87,17 @@ func newTrack(kind Kind, stream string, codec Codec, m *Metrics, keyframeInterva
 		cacheSize = 256
 	}
 	t := &Track{
-		kind:             kind,
-		stream:           stream,
-		metrics:          m,
-		pool:             newPacketPool(),
+		kind:    kind,
+		stream:  stream,
+		metrics: m,
+
 		cache:            newPacketCache(cacheSize),
 		keyframeInterval: keyframeInterval,
 		codec:            &codec,
 		gop:              gopCache{mode: ReplayOff},
 		stop:             make(chan struct{}),
 	}
+	t.pool = newPacketPool(t)
 	n := runtime.GOMAXPROCS(0)
 	for range n {
 		sh := &shard{in: make(chan *Packet, shardQueue), done: make(chan struct{})}
@@ -495,6 +503,12 @@ func (t *Track) sendReports() {
 		case <-t.stop:
 			return
 		case now := <-tick.C:
+			t.measureRate()
+			if t.layer != 0 {
+				// Viewers of a simulcast layer get their reports from the
+				// primary, on whose clock their timestamps are.
+				continue
+			}
 			rtpTime, ok := t.rtpNow(now)
 			if !ok {
 				continue
@@ -516,6 +530,23 @@ func (t *Track) sendReports() {
 		}
 	}
 }
+
+// measureRate updates bitrate, once a second.
+func (t *Track) measureRate() {
+	t.mu.Lock()
+	bytes := t.in.bytes
+	live := t.source != nil && time.Since(t.lastAt) < time.Second
+	t.mu.Unlock()
+	rate := int64(bytes-t.rateBytes[0]) * 8 / 2
+	if !live || t.rateBytes[0] == 0 {
+		rate = 0
+	}
+	t.rateBytes[0], t.rateBytes[1] = t.rateBytes[1], bytes
+	t.bitrate.Store(rate)
+}
+
+// Bitrate is what the source sends, in bit/s (0 when it does not).
+func (t *Track) Bitrate() int { return int(t.bitrate.Load()) }
 
 // seqNewer reports whether a comes after b in 16-bit wrap-around order.
 func seqNewer(a, b uint16) bool { return a != b && a-b < 0x8000 }

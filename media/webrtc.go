@@ -129,6 +129,10 @@ func NewWebRTC(cfg WebRTCConfig, m *Metrics, log *slog.Logger) (*WebRTC, error) 
 	if w.publishVideo, err = registerCodecs(pubMedia, true); err != nil {
 		return nil, err
 	}
+	// Simulcast: pion tells the layers apart by their RTP stream ids.
+	if err := webrtc.ConfigureSimulcastExtensionHeaders(pubMedia); err != nil {
+		return nil, err
+	}
 	pubInterceptors := &interceptor.Registry{}
 	// First, so it wraps the writer the report interceptor sends through.
 	pubInterceptors.Add(w.taps)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +23,10 @@ type Publisher struct {
 	pc      *webrtc.PeerConnection
 	started time.Time
 	last    atomic.Int64 // unix nanos of the newest packet
+
+	// rids are the simulcast layers the offer lists, in its order (none
+	// without simulcast): the first is the stream's Video.
+	rids []string
 
 	mu      sync.Mutex
 	sources []*Source
@@ -52,7 +57,8 @@ func (w *WebRTC) Publish(ctx context.Context, s *Stream, offer string, takeover 
 	if err != nil {
 		return nil, "", fmt.Errorf("whip: new peer connection: %w", err)
 	}
-	p := &Publisher{stream: s, pc: pc, started: time.Now(), done: make(chan struct{}), tap: w.taps.claim(pc.ID())}
+	p := &Publisher{stream: s, pc: pc, started: time.Now(), done: make(chan struct{}), tap: w.taps.claim(pc.ID()),
+		rids: simulcastRIDs(desc)}
 	pc.OnTrack(p.onTrack)
 	pc.OnConnectionStateChange(func(st webrtc.PeerConnectionState) {
 		if st == webrtc.PeerConnectionStateFailed || st == webrtc.PeerConnectionStateClosed {
@@ -136,6 +142,36 @@ func answerCodecs(answer string) map[string]Codec {
 	return out
 }
 
+// simulcastRIDs reads the video section's a=simulcast:send list (RFC 8853):
+// layers separated by ';', alternatives by ',' (the first is taken), a '~'
+// marks a layer that starts paused.
+func simulcastRIDs(desc *sdp.SessionDescription) []string {
+	for _, md := range desc.MediaDescriptions {
+		if md.MediaName.Media != "video" {
+			continue
+		}
+		v, ok := md.Attribute("simulcast")
+		if !ok {
+			return nil
+		}
+		fields := strings.Fields(v)
+		for i := 0; i+1 < len(fields); i += 2 {
+			if fields[i] != "send" {
+				continue
+			}
+			var rids []string
+			for _, layer := range strings.Split(fields[i+1], ";") {
+				rid, _, _ := strings.Cut(layer, ",")
+				if rid = strings.TrimPrefix(rid, "~"); rid != "" {
+					rids = append(rids, rid)
+				}
+			}
+			return rids
+		}
+	}
+	return nil
+}
+
 // Protocol names the ingest for metrics and logs.
 func (p *Publisher) Protocol() string { return "whip" }
 
@@ -178,6 +214,12 @@ func (p *Publisher) onTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPRece
 	track := p.stream.Video
 	if remote.Kind() == webrtc.RTPCodecTypeAudio {
 		track = p.stream.Audio
+	} else if rid := remote.RID(); rid != "" {
+		track = p.stream.SimulcastLayer(slices.Index(p.rids, rid))
+		if track == nil {
+			p.stream.log.Warn("simulcast layer ignored", "rid", rid, "layers", len(p.rids))
+			return
+		}
 	}
 	c := remote.Codec()
 	codec := Codec{MimeType: c.MimeType, ClockRate: c.ClockRate, Channels: c.Channels, Fmtp: c.SDPFmtpLine}
@@ -191,7 +233,10 @@ func (p *Publisher) onTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPRece
 	}
 	p.mu.Lock()
 	p.sources = append(p.sources, src)
-	p.links = append(p.links, sourceLink{kind: kind, ssrc: ssrc, clockRate: codec.ClockRate})
+	if track.layer == 0 {
+		// The creator's health is its primary layer's.
+		p.links = append(p.links, sourceLink{kind: kind, ssrc: ssrc, clockRate: codec.ClockRate})
+	}
 	p.mu.Unlock()
 	track.RequestKeyframe()
 	go p.readRTCP(receiver, src, codec.ClockRate)
