@@ -11,6 +11,7 @@ import (
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4"
+	"github.com/vitrine-live/vitrine/media/alloc"
 )
 
 // DownTrack is one viewer's copy of a track. It implements webrtc.TrackLocal:
@@ -64,6 +65,9 @@ type DownTrack struct {
 	lost    atomic.Uint32 // fraction lost (0-255) from the viewer's last Receiver Report
 
 	onCodecMismatch func()
+
+	// choice is the viewer's pick in the player's quality menu (video).
+	choice atomic.Pointer[alloc.Choice]
 }
 
 func newDownTrack(t *Track, id, streamID string, sendRTCP func([]rtcp.Packet) error, onCodecMismatch func()) *DownTrack {

@@ -24,6 +24,9 @@ type Health struct {
 		// BFrames: the creator's H.264 has B-frames, so browsers get a
 		// re-encode (more latency, server CPU).
 		BFrames bool `json:"bframes"`
+		// Layers are the creator's simulcast layers in the order the offer
+		// listed them (one for a stream without simulcast).
+		Layers []LayerHealth `json:"layers"`
 	} `json:"video"`
 	// Measured is false until two reports a second apart give rates.
 	Measured bool `json:"measured"`
@@ -39,6 +42,13 @@ type Health struct {
 		RTTMS       float64 `json:"rtt_ms,omitempty"`
 	} `json:"link,omitempty"`
 	Warnings []Warning `json:"warnings"`
+}
+
+// LayerHealth is one simulcast layer: what it sends and how many viewers
+// are sent it.
+type LayerHealth struct {
+	BitrateBps int64 `json:"bitrate_bps"`
+	Viewers    int64 `json:"viewers"`
 }
 
 // Warning is one problem a creator can fix.
@@ -99,6 +109,9 @@ func (s *Stream) Health(now time.Time) Health {
 	h.Video.KeyframeInterval = video.in.keyInterval
 	h.Video.KeyframesOnRequest = video.source != nil && video.source.keyframe != nil
 	video.mu.Unlock()
+	for _, t := range s.VideoLayers() {
+		h.Video.Layers = append(h.Video.Layers, LayerHealth{BitrateBps: int64(t.Bitrate()), Viewers: t.viewing.Load()})
+	}
 	h.Audio.BitrateBps = abps
 	h.Audio.Present = abps > 0
 	if h.Audio.Present {

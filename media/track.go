@@ -57,6 +57,9 @@ type Track struct {
 	// measures it each second): the allocator ranks simulcast layers by it.
 	bitrate   atomic.Int64
 	rateBytes [2]uint64
+	// viewing is how many viewers are sent this track (video: the layer
+	// their allocator picked).
+	viewing atomic.Int64
 }
 
 // senderClock maps the track's output RTP timestamps to time, from the

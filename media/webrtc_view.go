@@ -13,6 +13,7 @@ import (
 	"github.com/pion/datachannel"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
+	"github.com/vitrine-live/vitrine/media/alloc"
 )
 
 // Viewer is one WHEP session: a down-track per kind the viewer asked for,
@@ -182,6 +183,20 @@ func (v *Viewer) readChannel(dc *datachannel.DataChannel) {
 			v.hooks.Message(v, msg[:n])
 		}
 	}
+}
+
+// SetQuality applies the viewer's choice in the player's quality menu to
+// its video: Auto follows the bandwidth estimate, the others pin a layer.
+func (v *Viewer) SetQuality(c alloc.Choice) error {
+	if !c.Valid() {
+		return fmt.Errorf("quality must be auto, high, medium or low, not %q", c)
+	}
+	for _, d := range v.tracks {
+		if d.track.kind == Video {
+			d.choice.Store(&c)
+		}
+	}
+	return nil
 }
 
 // Done is closed when the viewer is gone.
