@@ -30,7 +30,7 @@ func (t *Track) Attach(w RTPWriter, ssrc uint32, pt uint8, onCodecChange func())
 	t.addDownTrack(d)
 	return func() {
 		d.bound.Store(false)
-		t.removeDownTrack(d)
+		d.leave()
 	}
 }
 

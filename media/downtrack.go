@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -12,13 +13,15 @@ import (
 	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4"
 	"github.com/vitrine-live/vitrine/media/alloc"
+	"github.com/vitrine-live/vitrine/media/layer"
 )
 
 // DownTrack is one viewer's copy of a track. It implements webrtc.TrackLocal:
 // pion binds it to the viewer's RTP sender, and the track's shard writes each
 // packet to it with the viewer's SSRC and payload type. Sequence numbers and
 // timestamps are the track's, which are continuous across creator reconnects,
-// so a viewer never renegotiates.
+// so a viewer never renegotiates. A WHEP viewer's video may come from any of
+// the creator's simulcast layers (simulcast.go); it still sees one track.
 type DownTrack struct {
 	track    *Track
 	id       string
@@ -45,7 +48,11 @@ type DownTrack struct {
 	// lastReplay is the viewer's newest replay, for its retransmissions.
 	lastReplay atomic.Pointer[replayed]
 
-	// Owned by the shard goroutine.
+	// mu serialises what the shards of several layers and the RTCP
+	// goroutine do to the viewer's video (writes, retransmissions, layer
+	// switches); it is never contended for long. Lock order: DownTrack.mu,
+	// then Track.mu.
+	mu           sync.Mutex
 	hdr          rtp.Header
 	epoch        uint32
 	needKeyframe bool
@@ -55,7 +62,9 @@ type DownTrack struct {
 	// during it, sent paced (see startReplay); nil once caught up.
 	catchUp catchUp
 
-	// Owned by the RTCP goroutine.
+	// Simulcast and bandwidth estimation (simulcast.go), under mu.
+	sim simulcast
+
 	rtxSeq uint16
 	rtxHdr rtp.Header
 	rtxBuf [maxPayload + 2]byte
@@ -82,6 +91,11 @@ func newDownTrack(t *Track, id, streamID string, sendRTCP func([]rtcp.Packet) er
 		onCodecMismatch: onCodecMismatch,
 	}
 	d.waiting.Store(d.needKeyframe)
+	d.sim.sending = t
+	d.sim.rw = layer.New(t.layer)
+	if t.kind == Video {
+		t.viewing.Add(1)
+	}
 	return d
 }
 
@@ -136,6 +150,7 @@ func (d *DownTrack) Bind(ctx webrtc.TrackLocalContext) (webrtc.RTPCodecParameter
 	d.pt = uint8(chosen.PayloadType)
 	d.codec = Codec{MimeType: chosen.MimeType, ClockRate: chosen.ClockRate, Channels: chosen.Channels, Fmtp: chosen.SDPFmtpLine}
 	d.writer = ctx.WriteStream()
+	d.bindEstimator(ctx.HeaderExtensions())
 	if rtx := uint32(ctx.SSRCRetransmission()); rtx != 0 {
 		for _, c := range codecs {
 			if strings.EqualFold(c.MimeType, webrtc.MimeTypeRTX) && c.SDPFmtpLine == fmt.Sprintf("apt=%d", chosen.PayloadType) {
@@ -184,13 +199,18 @@ func (d *DownTrack) writePacket(p *Packet) bool {
 	if !d.bound.Load() || d.mismatch {
 		return false
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p.Track != d.sim.sending && !d.switchLayer(p) {
+		return false
+	}
 	if p.Epoch != d.epoch {
 		// A new source: its codec may differ, and the decoder needs a
 		// keyframe from it before anything else.
 		d.epoch = p.Epoch
 		d.catchUp.drop()
 		d.setNeedKeyframe(d.track.kind == Video)
-		if c := d.track.Codec(); !d.codec.SameFormat(c) {
+		if c := p.Track.Codec(); !d.codec.SameFormat(c) {
 			d.mismatch = true
 			if d.onCodecMismatch != nil {
 				go d.onCodecMismatch()
@@ -222,10 +242,15 @@ func (d *DownTrack) writePacket(p *Packet) bool {
 // write sends one packet with the viewer's SSRC and payload type (and the
 // timestamp a squeezed replay gave it); false if it did not go out.
 func (d *DownTrack) write(p *Packet, r *replayed) bool {
+	seq, ts, ok := d.sim.rw.Rewrite(p.Header.SequenceNumber, r.timestamp(p.Header.SequenceNumber, p.Header.Timestamp))
+	if !ok {
+		return false
+	}
 	d.hdr = p.Header
 	d.hdr.SSRC = d.ssrc
 	d.hdr.PayloadType = d.pt
-	d.hdr.Timestamp = r.timestamp(p.Header.SequenceNumber, p.Header.Timestamp)
+	d.hdr.SequenceNumber, d.hdr.Timestamp = seq, ts
+	now := d.stamp(&d.hdr, len(p.Payload), false)
 	n, err := d.writer.WriteRTP(&d.hdr, p.Payload)
 	if err != nil {
 		d.track.metrics.dropped(d.track.kind, "write_error")
@@ -239,6 +264,7 @@ func (d *DownTrack) write(p *Packet, r *replayed) bool {
 		return false
 	}
 	d.sent(len(p.Payload))
+	d.probe(p, now)
 	return true
 }
 
@@ -294,7 +320,7 @@ func (c *catchUp) drop() {
 // a new keyframe. With ReplaySqueezed their timestamps are pulled in just
 // before p's.
 func (d *DownTrack) startReplay(p *Packet) bool {
-	pkts := d.track.replayBefore(p, nil)
+	pkts := d.sim.sending.replayBefore(p, nil)
 	if len(pkts) == 0 {
 		return false
 	}
@@ -373,13 +399,15 @@ func (d *DownTrack) readRTCP(sender *webrtc.RTPSender) {
 			case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
 				d.track.metrics.PLIs.Inc()
 				d.track.plis.Add(1)
-				d.track.RequestKeyframe()
+				d.current().RequestKeyframe()
 			case *rtcp.TransportLayerNack:
 				for _, pair := range pkt.Nacks {
 					for _, seq := range pair.PacketList() {
 						d.retransmit(seq)
 					}
 				}
+			case *rtcp.TransportLayerCC:
+				d.feedback(pkt)
 			case *rtcp.ReceiverReport:
 				for _, r := range pkt.Reports {
 					if r.SSRC == d.ssrc {
@@ -398,35 +426,52 @@ func (d *DownTrack) retransmit(seq uint16) {
 	if !d.bound.Load() {
 		return
 	}
-	p := d.track.cache.get(seq)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	// The viewer's sequence number may be from a layer it was sent before.
+	from, inSeq, tsOff, ok := d.sim.rw.Lookup(seq)
+	t := d.sim.layerTrack(from)
+	if !ok || t == nil {
+		m.Retransmits.WithLabelValues("miss").Inc()
+		return
+	}
+	p := t.cache.get(inSeq)
 	if p == nil {
 		m.Retransmits.WithLabelValues("miss").Inc()
 		return
 	}
 	defer p.release()
-	var err error
-	ts := d.lastReplay.Load().timestamp(seq, p.Header.Timestamp)
-	if d.rtxSSR != 0 {
-		// RFC 4588: the original sequence number, then the payload.
-		d.rtxHdr = p.Header
-		d.rtxHdr.Timestamp = ts
-		d.rtxHdr.SSRC, d.rtxHdr.PayloadType, d.rtxHdr.SequenceNumber = d.rtxSSR, d.rtxPT, d.rtxSeq
-		d.rtxHdr.Padding, d.rtxHdr.PaddingSize = false, 0
-		d.rtxSeq++
-		d.rtxBuf[0], d.rtxBuf[1] = byte(seq>>8), byte(seq)
-		n := copy(d.rtxBuf[2:], p.Payload)
-		_, err = d.writer.WriteRTP(&d.rtxHdr, d.rtxBuf[:2+n])
-	} else {
-		d.rtxHdr = p.Header
-		d.rtxHdr.Timestamp = ts
-		d.rtxHdr.SSRC, d.rtxHdr.PayloadType = d.ssrc, d.pt
-		_, err = d.writer.WriteRTP(&d.rtxHdr, p.Payload)
+	ts := p.Header.Timestamp
+	if t == d.sim.sending {
+		ts = d.lastReplay.Load().timestamp(inSeq, ts)
 	}
-	if err != nil {
+	if err := d.resend(p, seq, ts+tsOff, false); err != nil {
 		m.Retransmits.WithLabelValues("error").Inc()
 		return
 	}
 	m.Retransmits.WithLabelValues("sent").Inc()
+}
+
+// resend writes p again as the viewer's packet seq (its timestamp ts): over
+// RTX when the viewer has it (RFC 4588: the original sequence number, then
+// the payload), else as it was. Probes are resends too.
+func (d *DownTrack) resend(p *Packet, seq uint16, ts uint32, probe bool) error {
+	d.rtxHdr = p.Header
+	d.rtxHdr.Timestamp = ts
+	if d.rtxSSR == 0 {
+		d.rtxHdr.SSRC, d.rtxHdr.PayloadType, d.rtxHdr.SequenceNumber = d.ssrc, d.pt, seq
+		d.stamp(&d.rtxHdr, len(p.Payload), probe)
+		_, err := d.writer.WriteRTP(&d.rtxHdr, p.Payload)
+		return err
+	}
+	d.rtxHdr.SSRC, d.rtxHdr.PayloadType, d.rtxHdr.SequenceNumber = d.rtxSSR, d.rtxPT, d.rtxSeq
+	d.rtxHdr.Padding, d.rtxHdr.PaddingSize = false, 0
+	d.rtxSeq++
+	d.rtxBuf[0], d.rtxBuf[1] = byte(seq>>8), byte(seq)
+	n := copy(d.rtxBuf[2:], p.Payload)
+	d.stamp(&d.rtxHdr, 2+n, probe)
+	_, err := d.writer.WriteRTP(&d.rtxHdr, d.rtxBuf[:2+n])
+	return err
 }
 
 // senderReport describes what this down-track has sent, for lip sync and for

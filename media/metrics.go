@@ -27,6 +27,8 @@ type Metrics struct {
 	JoinReplays      prometheus.Counter
 	ReplayedPackets  prometheus.Counter
 	Publishers       *prometheus.CounterVec
+	LayerSwitches    *prometheus.CounterVec
+	EstimateBps      prometheus.Histogram
 
 	// MaxStreamSeries caps how many streams get per-stream health series
 	// (by name order); 0 means no cap.
@@ -89,12 +91,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "vitrine_join_replayed_packets_total", Help: "Video packets sent to joining viewers from the group-of-pictures cache."}),
 		Publishers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vitrine_publish_sessions_total", Help: "Creator sessions started, by ingest protocol."}, []string{"protocol"}),
+		LayerSwitches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_layer_switches_total", Help: "Viewers moved to another simulcast layer, up (higher bitrate) or down."}, []string{"direction"}),
+		EstimateBps: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "vitrine_viewer_estimate_bps",
+			Help:    "Viewers' downlink bandwidth estimates, sampled once a second per viewer.",
+			Buckets: []float64{150e3, 300e3, 500e3, 750e3, 1e6, 1.5e6, 2e6, 3e6, 4e6, 6e6, 10e6}}),
 	}
 	reg.MustRegister(m.StreamsLive, m.Viewers, m.PacketsIn, m.BytesIn, m.PacketsOut, m.BytesOut, m.Dropped,
 		m.UDPDatagrams, m.UDPSends, m.UDPSendErrors, m.UDPGSO,
-		m.NACKs, m.Retransmits, m.PLIs, m.KeyframeRequests, m.BadRTCP, m.JoinSeconds, m.JoinReplays, m.ReplayedPackets, m.Publishers)
+		m.NACKs, m.Retransmits, m.PLIs, m.KeyframeRequests, m.BadRTCP, m.JoinSeconds, m.JoinReplays, m.ReplayedPackets, m.Publishers,
+		m.LayerSwitches, m.EstimateBps)
 	reg.MustRegister(newHealthCollector(m))
 	// Series an operator graphs or alerts on exist from the start, at 0.
+	for _, dir := range []string{"up", "down"} {
+		m.LayerSwitches.WithLabelValues(dir)
+	}
 	for _, r := range []string{"sent", "miss", "error"} {
 		m.Retransmits.WithLabelValues(r)
 	}

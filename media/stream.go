@@ -358,7 +358,21 @@ func (s *Stream) SimulcastLayer(i int) *Track {
 	for len(s.simulcast) < i {
 		t := newTrack(Video, s.Name, DefaultVideoCodec, s.metrics, s.opts.KeyframeInterval)
 		t.layer = len(s.simulcast) + 1
+		t.enableReplay(s.opts.JoinReplay, s.opts.GOPCacheBytes, s.opts.GOPCacheAge)
 		s.simulcast = append(s.simulcast, t)
+	}
+	return s.simulcast[i-1]
+}
+
+// madeLayer is simulcast layer i if it exists, else nil.
+func (s *Stream) madeLayer(i int) *Track {
+	if i == 0 {
+		return s.Video
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i < 0 || i > len(s.simulcast) {
+		return nil
 	}
 	return s.simulcast[i-1]
 }

@@ -293,6 +293,14 @@ func (t *Track) RTPTimeAt(sourceTime time.Time) (uint32, bool) {
 	return t.clock.rtp + ticks(sourceTime.Sub(t.clock.source), t.codec.ClockRate), true
 }
 
+// clockReference is the newest Sender Report of the source: an instant on
+// its clock and the track's timestamp then.
+func (t *Track) clockReference() (time.Time, uint32, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.clock.source, t.clock.rtp, t.clock.valid
+}
+
 // LastTimestamp is the viewers' RTP timestamp of the newest packet ingested.
 func (t *Track) LastTimestamp() (uint32, bool) {
 	t.mu.Lock()
@@ -516,19 +524,21 @@ func (t *Track) sendReports() {
 			if !ok {
 				continue
 			}
-			stalled := false
 			for _, d := range t.downTracks() {
 				if sr := d.senderReport(now, rtpTime); sr != nil {
 					_ = d.sendRTCP([]rtcp.Packet{sr})
 				}
-				stalled = stalled || d.stalled(now)
-			}
-			if stalled {
-				// A keyframe request can be lost (RTCP over UDP) or
-				// ignored (a browser's encoder drops requests that come
-				// too soon after the last one): ask again while a viewer
-				// that can receive still has no picture.
-				t.RequestKeyframe()
+				if d.stalled(now) {
+					// A keyframe request can be lost (RTCP over UDP) or
+					// ignored (a browser's encoder drops requests that
+					// come too soon after the last one): ask again while
+					// a viewer that can receive still has no picture.
+					// Requests are throttled per layer.
+					d.current().RequestKeyframe()
+				}
+				if t.kind == Video {
+					d.tick(now)
+				}
 			}
 		}
 	}

@@ -153,6 +153,10 @@ func NewWebRTC(cfg WebRTCConfig, m *Metrics, log *slog.Logger) (*WebRTC, error) 
 	if _, err := registerCodecs(viewMedia, false); err != nil {
 		return nil, err
 	}
+	// The transport-wide sequence number the down-tracks stamp on video.
+	if err := viewMedia.RegisterHeaderExtension(webrtc.RTPHeaderExtensionCapability{URI: sdp.TransportCCURI}, webrtc.RTPCodecTypeVideo); err != nil {
+		return nil, err
+	}
 	viewSettings := settings()
 	// Viewers' data channels are read by media (webrtc_view.go) with small
 	// buffers: pion's own read loop holds 64 KiB per channel.
@@ -188,9 +192,12 @@ func (w *WebRTC) Close() error {
 // the video order is the preference when a browser offers several: H.264
 // first because every browser and OBS decode or send it in hardware.
 func registerCodecs(m *webrtc.MediaEngine, publisher bool) ([]webrtc.RTPCodecParameters, error) {
-	fb := []webrtc.RTCPFeedback{{Type: "nack"}, {Type: "nack", Parameter: "pli"}, {Type: "ccm", Parameter: "fir"}}
+	// transport-cc both ways: creators' browsers estimate their uplink
+	// from Vitrine's feedback, and Vitrine estimates each viewer's downlink
+	// from the viewer's (media/bwe).
+	fb := []webrtc.RTCPFeedback{{Type: "nack"}, {Type: "nack", Parameter: "pli"}, {Type: "ccm", Parameter: "fir"}, {Type: "transport-cc"}}
 	if publisher {
-		fb = append(fb, webrtc.RTCPFeedback{Type: "transport-cc"}, webrtc.RTCPFeedback{Type: "goog-remb"})
+		fb = append(fb, webrtc.RTCPFeedback{Type: "goog-remb"})
 	}
 	type entry struct {
 		mime, fmtp string

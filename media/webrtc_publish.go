@@ -239,7 +239,13 @@ func (p *Publisher) onTrack(remote *webrtc.TrackRemote, receiver *webrtc.RTPRece
 	}
 	p.mu.Unlock()
 	track.RequestKeyframe()
-	go p.readRTCP(receiver, src, codec.ClockRate)
+	// A simulcast layer's RTCP is read by its rid: pion has one receiver
+	// for the layers, and its plain ReadRTCP fails on them.
+	read := func() ([]rtcp.Packet, error) { pkts, _, err := receiver.ReadRTCP(); return pkts, err }
+	if rid := remote.RID(); rid != "" {
+		read = func() ([]rtcp.Packet, error) { pkts, _, err := receiver.ReadSimulcastRTCP(rid); return pkts, err }
+	}
+	go p.readRTCP(read, src, codec.ClockRate)
 	p.readRTP(remote, src)
 }
 
@@ -263,9 +269,9 @@ func (p *Publisher) readRTP(remote *webrtc.TrackRemote, src *Source) {
 
 // readRTCP takes the creator's Sender Reports: they place the stream's RTP
 // clock in time, for lip sync at viewers and to stamp overlay cues.
-func (p *Publisher) readRTCP(receiver *webrtc.RTPReceiver, src *Source, clockRate uint32) {
+func (p *Publisher) readRTCP(read func() ([]rtcp.Packet, error), src *Source, clockRate uint32) {
 	for {
-		pkts, _, err := receiver.ReadRTCP()
+		pkts, err := read()
 		if err != nil {
 			return
 		}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pion/datachannel"
 	"github.com/pion/sdp/v3"
@@ -74,6 +75,9 @@ func (w *WebRTC) Watch(ctx context.Context, s *Stream, offer string, hooks Viewe
 	for _, t := range tracks {
 		d := newDownTrack(t, t.Kind().String(), "vitrine-"+s.Name, pc.WriteRTCP, v.Close)
 		d.replay = s.opts.JoinReplay
+		if t == s.Video {
+			d.sim.stream = s
+		}
 		sender, err := pc.AddTrack(d)
 		if err != nil {
 			pc.Close()
@@ -194,6 +198,7 @@ func (v *Viewer) SetQuality(c alloc.Choice) error {
 	for _, d := range v.tracks {
 		if d.track.kind == Video {
 			d.choice.Store(&c)
+			d.allocate(time.Now(), true)
 		}
 	}
 	return nil
@@ -206,7 +211,7 @@ func (v *Viewer) Done() <-chan struct{} { return v.done }
 func (v *Viewer) Close() {
 	v.closeOnce.Do(func() {
 		for _, d := range v.tracks {
-			d.track.removeDownTrack(d)
+			d.leave()
 		}
 		v.stream.removeViewer(v)
 		_ = v.pc.Close()

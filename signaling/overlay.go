@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vitrine-live/vitrine/media"
+	"github.com/vitrine-live/vitrine/media/alloc"
 	"github.com/vitrine-live/vitrine/overlay"
 )
 
@@ -329,6 +330,7 @@ type ViewerMessage struct {
 	Qty     int64  `json:"qty,omitempty"`
 	Key     string `json:"key,omitempty"`
 	OrderID string `json:"order_id,omitempty"`
+	Value   string `json:"value,omitempty"` // quality: auto, high, medium, low
 }
 
 // maxViewerMessage caps what a viewer may send in one message.
@@ -344,11 +346,19 @@ type viewerReply struct {
 	Code    string             `json:"code,omitempty"`
 	Message string             `json:"message,omitempty"`
 	Viewer  string             `json:"viewer,omitempty"`
+	Value   string             `json:"value,omitempty"`
 }
 
-// onViewerMessage handles buy and confirm from the data channel. A bad
-// message gets an error reply; the viewer's session and the stream go on.
-func (s *Server) onViewerMessage(sh *overlay.Show, viewer string, raw []byte) viewerReply {
+// qualitySetter is the viewer's session as the quality message sees it
+// (a *media.Viewer).
+type qualitySetter interface {
+	SetQuality(alloc.Choice) error
+}
+
+// onViewerMessage handles buy, confirm and quality from the data channel
+// of session q. A bad message gets an error reply; the viewer's session and
+// the stream go on.
+func (s *Server) onViewerMessage(sh *overlay.Show, viewer string, q qualitySetter, raw []byte) viewerReply {
 	if len(raw) > maxViewerMessage {
 		s.metrics.badMessages.Inc()
 		return viewerReply{V: 1, Type: "error", Code: "too_large", Message: fmt.Sprintf("messages are at most %d bytes", maxViewerMessage)}
@@ -381,9 +391,22 @@ func (s *Server) onViewerMessage(sh *overlay.Show, viewer string, raw []byte) vi
 			return viewerReply{V: 1, Type: "error", Code: code, Message: msg}
 		}
 		return viewerReply{V: 1, Type: "confirm.result", Order: &o}
+	case "quality":
+		// The player's quality menu: Auto follows the viewer's bandwidth,
+		// the others pin a simulcast layer (media.Viewer.SetQuality).
+		c := alloc.Choice(m.Value)
+		if !c.Valid() {
+			s.metrics.badMessages.Inc()
+			return viewerReply{V: 1, Type: "error", Code: "invalid", Message: "quality value must be auto, high, medium or low"}
+		}
+		if err := q.SetQuality(c); err != nil {
+			s.metrics.badMessages.Inc()
+			return viewerReply{V: 1, Type: "error", Code: "invalid", Message: err.Error()}
+		}
+		return viewerReply{V: 1, Type: "quality.result", Value: string(c)}
 	default:
 		s.metrics.badMessages.Inc()
-		return viewerReply{V: 1, Type: "error", Code: "bad_message", Message: "type must be buy or confirm"}
+		return viewerReply{V: 1, Type: "error", Code: "bad_message", Message: "type must be buy, confirm or quality"}
 	}
 }
 

@@ -76,10 +76,10 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 	var mu sync.Mutex
 	var cancels []func()
 	closed := false
-	// A page sends a buy or a confirm per press: a burst of 10 and 5 per
-	// second is far above a person and keeps a script from hammering the
-	// store through one session. (pion delivers one session's messages in
-	// order on one goroutine, so the bucket needs no lock.)
+	// A page sends a buy, a confirm or a quality choice per press: a burst
+	// of 10 and 5 per second is far above a person and keeps a script from
+	// hammering the store through one session. (pion delivers one session's
+	// messages in order on one goroutine, so the bucket needs no lock.)
 	limit := &tokenBucket{rate: 5, burst: 10}
 	hooks := media.ViewerHooks{
 		// On its data channel the player gets the overlay snapshot first
@@ -107,7 +107,7 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 		Message: func(v *media.Viewer, msg []byte) {
 			var r viewerReply
 			if limit.allow(time.Now()) {
-				r = s.onViewerMessage(sh, viewer, msg)
+				r = s.onViewerMessage(sh, viewer, v, msg)
 			} else {
 				s.metrics.badMessages.Inc()
 				r = viewerReply{V: 1, Type: "error", Code: "rate_limited", Message: "too many messages; slow down"}

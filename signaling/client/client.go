@@ -104,6 +104,12 @@ func Watch(ctx context.Context, api *webrtc.API, endpoint string, withChannel bo
 	return negotiate(ctx, pc, endpoint, "")
 }
 
+// Offer negotiates a peer connection the caller set up (a simulcast
+// publisher, for one) with a WHIP or WHEP endpoint; key may be empty.
+func Offer(ctx context.Context, pc *webrtc.PeerConnection, endpoint, key string) (*Session, error) {
+	return negotiate(ctx, pc, endpoint, key)
+}
+
 func negotiate(ctx context.Context, pc *webrtc.PeerConnection, endpoint, key string) (*Session, error) {
 	offer, err := pc.CreateOffer(nil)
 	if err != nil {
