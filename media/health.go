@@ -108,6 +108,7 @@ type healthCollector struct {
 	creatorLoss, creatorJitter, creatorRTT                            *prometheus.Desc
 	viewerLoss, viewerLossMax, nacks, plis, slowDrops, forward        *prometheus.Desc
 	reencoded, videoInfo                                              *prometheus.Desc
+	layerViewers, layerBitrate                                        *prometheus.Desc
 }
 
 func newHealthCollector(m *Metrics) *healthCollector {
@@ -134,13 +135,16 @@ func newHealthCollector(m *Metrics) *healthCollector {
 		slowDrops:     d("vitrine_stream_viewer_packets_dropped_total", "Packets viewers did not get because their shard fell behind (counted per viewer); Vitrine drops packets for a slow viewer rather than disconnecting it.", sk),
 		videoInfo:     d("vitrine_stream_video_info", "1 while a creator is connected, labelled with the video as the creator sends it: codec, H.264 profile, whether it has B-frames (which costs a re-encode).", []string{"stream", "ingest", "codec", "profile", "bframes"}),
 		reencoded:     d("vitrine_video_transcodes_active", "1 while the stream's video is re-encoded for WebRTC viewers because the creator sends H.264 with B-frames or keyframes far apart (the health API says why).", s),
+		layerViewers:  d("vitrine_layer_viewers", "Viewers sent each of the creator's simulcast video layers (layer 0 is the first the creator offered; one layer without simulcast).", []string{"stream", "layer"}),
+		layerBitrate:  d("vitrine_layer_bitrate_bps", "What each simulcast video layer sends, over the last 2 s.", []string{"stream", "layer"}),
 		forward:       d("vitrine_stream_forward_seconds", "Forwarding latency: packet in from the creator to packet written to the last viewer of a shard (one observation per packet per shard).", sk),
 	}
 }
 
 func (c *healthCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.state, c.ingestPackets, c.ingestBytes, c.frames, c.keyframes, c.keyInterval,
-		c.creatorLoss, c.creatorJitter, c.creatorRTT, c.viewerLoss, c.viewerLossMax, c.nacks, c.plis, c.slowDrops, c.forward, c.reencoded, c.videoInfo} {
+		c.creatorLoss, c.creatorJitter, c.creatorRTT, c.viewerLoss, c.viewerLossMax, c.nacks, c.plis, c.slowDrops, c.forward, c.reencoded, c.videoInfo,
+		c.layerViewers, c.layerBitrate} {
 		ch <- d
 	}
 }
@@ -171,6 +175,11 @@ func (c *healthCollector) collectStream(ch chan<- prometheus.Metric, s *Stream) 
 		vc := s.ReaderVideo().Codec()
 		ch <- prometheus.MustNewConstMetric(c.videoInfo, prometheus.GaugeValue, 1, s.Name, in.Protocol(),
 			strings.TrimPrefix(vc.MimeType, "video/"), h264Profile(vc.Fmtp), strconv.FormatBool(tc.BFrames))
+	}
+	for i, t := range s.VideoLayers() {
+		l := strconv.Itoa(i)
+		ch <- prometheus.MustNewConstMetric(c.layerViewers, prometheus.GaugeValue, float64(t.viewing.Load()), s.Name, l)
+		ch <- prometheus.MustNewConstMetric(c.layerBitrate, prometheus.GaugeValue, float64(t.Bitrate()), s.Name, l)
 	}
 	var link creatorLink
 	if lr, ok := in.(linkReporter); ok {

@@ -399,6 +399,9 @@ func TestSimulcastSwitch(t *testing.T) {
 	if l := h.Video.Layers; l[0].Viewers != 1 || l[2].Viewers != 1 {
 		t.Errorf("health layers after the switch: %+v, want one viewer on layer 0 and one on layer 2", l)
 	}
+	if got := metricValue(t, base, `vitrine_layer_viewers{layer="2",stream="demo"}`); got != 1 {
+		t.Errorf("vitrine_layer_viewers on layer 2: %v, want 1", got)
+	}
 	if other.lastLayer() != 0 {
 		t.Errorf("the other viewer moved to layer %d", other.lastLayer())
 	}
