@@ -250,7 +250,7 @@ func (d *DownTrack) write(p *Packet, r *replayed) bool {
 	d.hdr.SSRC = d.ssrc
 	d.hdr.PayloadType = d.pt
 	d.hdr.SequenceNumber, d.hdr.Timestamp = seq, ts
-	now := d.stamp(&d.hdr, len(p.Payload), false)
+	d.stamp(&d.hdr, len(p.Payload), false)
 	n, err := d.writer.WriteRTP(&d.hdr, p.Payload)
 	if err != nil {
 		d.track.metrics.dropped(d.track.kind, "write_error")
@@ -264,7 +264,7 @@ func (d *DownTrack) write(p *Packet, r *replayed) bool {
 		return false
 	}
 	d.sent(len(p.Payload))
-	d.probe(p, now)
+	d.keep(p, seq, ts)
 	return true
 }
 
@@ -429,9 +429,12 @@ func (d *DownTrack) retransmit(seq uint16) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	// The viewer's sequence number may be from a layer it was sent before.
+	// Not a packet of an earlier layer: the viewer decodes from the
+	// current layer's keyframe on, and after a switch down its link has no
+	// room to spare.
 	from, inSeq, tsOff, ok := d.sim.rw.Lookup(seq)
 	t := d.sim.layerTrack(from)
-	if !ok || t == nil {
+	if !ok || t == nil || t != d.sim.sending {
 		m.Retransmits.WithLabelValues("miss").Inc()
 		return
 	}

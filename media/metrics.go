@@ -62,7 +62,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "vitrine_egress_bytes_total", Help: "RTP payload bytes sent to viewers."}, kinds),
 		Dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vitrine_dropped_packets_total",
-			Help: "Packets not delivered: oversize at ingest, a viewer shard behind, a write error."}, []string{"kind", "reason"}),
+			Help: "Packets not delivered: oversize at ingest, a duplicate or padding from the creator (not forwarded), a viewer shard behind, a write error."}, []string{"kind", "reason"}),
 		UDPDatagrams: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "vitrine_udp_datagrams_sent_total", Help: "Datagrams sent on the WebRTC UDP socket (media, RTCP, DTLS, ICE, data channels)."}),
 		UDPSends: prometheus.NewCounter(prometheus.CounterOpts{
@@ -111,7 +111,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.Retransmits.WithLabelValues(r)
 	}
 	for _, k := range []Kind{Video, Audio} {
-		for _, r := range []string{"oversize", "shard_behind", "write_error"} {
+		for _, r := range []string{"oversize", "shard_behind", "write_error", "duplicate"} {
 			m.Dropped.WithLabelValues(k.String(), r)
 		}
 		m.packetsIn[k] = m.PacketsIn.WithLabelValues(k.String())

@@ -41,6 +41,32 @@ type simulcast struct {
 	twccID uint8          // its header extension's id
 	exts   [1]rtp.Extension
 	twcc   [2]byte
+
+	// last is the newest media packet sent (retained, with the viewer's
+	// numbers), which probes send copies of.
+	last    *Packet
+	lastSeq uint16
+	lastTS  uint32
+
+	// The viewer's other down-track: audio's video (which takes the
+	// feedback that comes on audio), video's audio (which ends each probe
+	// step with a packet of padding). Set before either starts.
+	video, audio *DownTrack
+}
+
+// linkForEstimate links a viewer's audio and video down-tracks.
+func linkForEstimate(tracks []*DownTrack) {
+	var audio, video *DownTrack
+	for _, d := range tracks {
+		if d.track.kind == Audio {
+			audio = d
+		} else {
+			video = d
+		}
+	}
+	if audio != nil && video != nil {
+		audio.sim.video, video.sim.audio = video, audio
+	}
 }
 
 const (
@@ -55,8 +81,10 @@ const (
 	// by both layers): 1 ms on the 90 kHz clock, so that switches do not
 	// add up to a drift away from the primary's clock.
 	switchGap = 90
-	// maxProbeCopies bounds the probe packets sent after one media packet.
-	maxProbeCopies = 4
+	// probeEvery paces a probe's packets; maxProbeCopies bounds what one
+	// step sends.
+	probeEvery     = 5 * time.Millisecond
+	maxProbeCopies = 8
 	// rtpOverhead is what a packet adds to its payload on the wire that the
 	// estimator counts: RTP header and the transport-wide extension.
 	rtpOverhead = 12 + 8
@@ -180,15 +208,18 @@ func (d *DownTrack) decide(now time.Time, force bool) *Track {
 		if t == nil {
 			break
 		}
-		rates[i], n = t.Bitrate(), i+1
+		rates[i], n = t.PeakBitrate(), i+1
+	}
+	if n < 2 {
+		return nil // a stream without simulcast
 	}
 	choice := alloc.Auto
 	if c := d.choice.Load(); c != nil {
 		choice = *c
 	}
 	dec := s.alloc.Decide(rates[:n], s.sending.layer, estimate, choice, now)
-	if dec.Probe > 0 && s.est != nil {
-		s.est.Probe(dec.Probe, now)
+	if dec.Probe > 0 && s.est != nil && d.rtxSSR != 0 && s.est.Probe(dec.Probe, now) {
+		go d.sendProbe()
 	}
 	want := s.stream.madeLayer(dec.Layer)
 	switch {
@@ -228,6 +259,10 @@ func (d *DownTrack) leave() {
 	if s.sending != d.track {
 		s.sending.removeDownTrack(d)
 	}
+	if s.last != nil {
+		s.last.release()
+		s.last = nil
+	}
 	if d.track.kind == Video {
 		s.sending.viewing.Add(-1)
 	}
@@ -245,8 +280,14 @@ func (d *DownTrack) tick(now time.Time) {
 	}
 }
 
-// feedback takes the viewer's transport-wide feedback.
+// feedback takes the viewer's transport-wide feedback, whichever of its
+// down-tracks it came on (Chrome addresses it to the SSRC of the last packet
+// it got).
 func (d *DownTrack) feedback(fb *rtcp.TransportLayerCC) {
+	if v := d.sim.video; v != nil {
+		v.feedback(fb)
+		return
+	}
 	e := d.sim.est
 	if e == nil {
 		return
@@ -256,33 +297,80 @@ func (d *DownTrack) feedback(fb *rtcp.TransportLayerCC) {
 	d.allocate(now, false)
 }
 
-// stamp gives h the viewer's next transport-wide sequence number, and
-// returns the time it was taken (zero without an estimator).
-func (d *DownTrack) stamp(h *rtp.Header, payload int, probe bool) time.Time {
+// stamp gives h the viewer's next transport-wide sequence number.
+func (d *DownTrack) stamp(h *rtp.Header, payload int, probe bool) {
 	s := &d.sim
 	if s.est == nil {
-		return time.Time{}
+		return
 	}
-	now := time.Now()
-	seq := s.est.Sent(payload+rtpOverhead, now, probe)
+	seq := s.est.Sent(payload+rtpOverhead, time.Now(), probe)
 	s.twcc[0], s.twcc[1] = byte(seq>>8), byte(seq)
 	h.Extensions = s.exts[:0]
 	_ = h.SetExtension(s.twccID, s.twcc[:])
-	return now
 }
 
-// probe sends what the estimator asks for to test a higher bitrate: copies
-// of the packet just sent, over RTX (the viewer discards them).
-func (d *DownTrack) probe(p *Packet, now time.Time) {
-	e := d.sim.est
-	if e == nil || d.rtxSSR == 0 {
+// keep remembers p, just sent as the viewer's (seq, ts), for probes.
+func (d *DownTrack) keep(p *Packet, seq uint16, ts uint32) {
+	s := &d.sim
+	if s.est == nil {
 		return
 	}
-	want := e.ProbeBytes(now)
-	for i := 0; want > 0 && i < maxProbeCopies; i++ {
-		if d.resend(p, d.hdr.SequenceNumber, d.hdr.Timestamp, true) != nil {
-			return
-		}
-		want -= len(p.Payload) + 2 + rtpOverhead
+	p.retain()
+	if s.last != nil {
+		s.last.release()
 	}
+	s.last, s.lastSeq, s.lastTS = p, seq, ts
+}
+
+// sendProbe sends the probe the estimator started, paced: copies of the
+// newest media packet over RTX (the viewer discards them) every few
+// milliseconds until the estimator has its cluster, each step ended by a
+// packet of audio padding. Chrome addresses its feedback to the SSRC of the
+// last packet it got, and pion reads none for the RTX SSRC: without the
+// padding the feedback on the probes was lost. Probes are seconds apart,
+// so the goroutine is short-lived and rare.
+func (d *DownTrack) sendProbe() {
+	tick := time.NewTicker(probeEvery)
+	defer tick.Stop()
+	for range 40 { // the estimator ends a cluster within 150 ms
+		d.mu.Lock()
+		want := d.sim.est.ProbeBytes(time.Now(), probeEvery)
+		if want < 0 {
+			d.mu.Unlock()
+			return // the cluster is sent
+		}
+		p := d.sim.last
+		sent := false
+		for i := 0; want > 0 && p != nil && d.bound.Load() && i < maxProbeCopies; i++ {
+			if d.resend(p, d.sim.lastSeq, d.sim.lastTS, true) != nil {
+				break
+			}
+			sent = true
+			want -= len(p.Payload) + 2 + rtpOverhead
+		}
+		d.mu.Unlock()
+		if a := d.sim.audio; a != nil && sent {
+			a.pad()
+		}
+		<-tick.C
+	}
+}
+
+// padding is an RTP payload of padding alone (RFC 3550: its last octet
+// counts the padding octets).
+var padding = [4]byte{0, 0, 0, 4}
+
+// pad sends the viewer a packet of padding alone, numbered in its track.
+func (d *DownTrack) pad() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.bound.Load() || !d.started {
+		return
+	}
+	seq, ts, ok := d.sim.rw.Pad()
+	if !ok {
+		return
+	}
+	h := rtp.Header{Version: 2, Padding: true, PayloadType: d.pt, SequenceNumber: seq, Timestamp: ts, SSRC: d.ssrc}
+	_, _ = d.writer.WriteRTP(&h, padding[:])
 }

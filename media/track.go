@@ -57,6 +57,12 @@ type Track struct {
 	// measures it each second): the allocator ranks simulcast layers by it.
 	bitrate   atomic.Int64
 	rateBytes [2]uint64
+	// peak is the highest bitrate of the last peakWindow measurements: what
+	// a viewer's link must carry for this layer, and a stable rank among
+	// layers whose rates wobble (a browser shifts bitrate between them).
+	peak   atomic.Int64
+	recent [peakWindow]int64
+	rateN  int
 	// viewing is how many viewers are sent this track (video: the layer
 	// their allocator picked).
 	viewing atomic.Int64
@@ -146,6 +152,57 @@ type Source struct {
 	started   bool
 	seqOffset uint16
 	tsOffset  uint32
+	seen      seenWindow
+}
+
+// seenWindow remembers which of a source's last 1024 sequence numbers came.
+// A browser pads its uplink with copies of packets it already sent (RTX
+// "redundant payloads", which pion hands over as the originals): forwarded,
+// they cost every viewer that bandwidth again and inflate the layer's
+// measured bitrate (a low layer read as 2.2 Mbit/s, ranked above the top
+// one). A retransmission of a packet that was lost on the way in is new
+// here and goes through.
+type seenWindow struct {
+	bits [1024 / 64]uint64
+	top  uint16
+	any  bool
+}
+
+func (w *seenWindow) flip(seq uint16, on bool) {
+	i, b := (seq%1024)/64, uint64(1)<<(seq%64)
+	if on {
+		w.bits[i] |= b
+	} else {
+		w.bits[i] &^= b
+	}
+}
+
+// add records seq and reports whether it is new: not seen, and not older
+// than the window.
+func (w *seenWindow) add(seq uint16) bool {
+	switch d := seq - w.top; {
+	case !w.any:
+		w.any = true
+	case d == 0:
+		return false
+	case d < 0x8000: // newer: forget what the window slides past
+		if d >= 1024 {
+			w.bits = [1024 / 64]uint64{}
+		} else {
+			for x := w.top + 1; x != seq; x++ {
+				w.flip(x, false)
+			}
+		}
+	default:
+		if w.top-seq >= 1024 || w.bits[(seq%1024)/64]&(1<<(seq%64)) != 0 {
+			return false
+		}
+		w.flip(seq, true)
+		return true
+	}
+	w.top = seq
+	w.flip(seq, true)
+	return true
 }
 
 // NewSource makes s the track's source. requestKeyframe may be nil for
@@ -204,6 +261,12 @@ func (s *Source) WriteRTP(h *rtp.Header, payload []byte) error {
 	if t.source != s || t.closed {
 		t.mu.Unlock()
 		return errNotSource
+	}
+	if len(payload) == 0 || !s.seen.add(h.SequenceNumber) {
+		// Padding, or a copy of a packet already forwarded.
+		t.mu.Unlock()
+		t.metrics.dropped(t.kind, "duplicate")
+		return nil
 	}
 	if !s.started {
 		s.started = true
@@ -556,7 +619,24 @@ func (t *Track) measureRate() {
 	}
 	t.rateBytes[0], t.rateBytes[1] = t.rateBytes[1], bytes
 	t.bitrate.Store(rate)
+	t.recent[t.rateN%peakWindow] = rate
+	t.rateN++
+	peak := int64(0)
+	for _, r := range t.recent {
+		peak = max(peak, r)
+	}
+	if rate == 0 {
+		peak = 0 // stopped: not a layer to send
+	}
+	t.peak.Store(peak)
 }
+
+// peakWindow is how many seconds the peak bitrate covers.
+const peakWindow = 10
+
+// PeakBitrate is the highest bitrate of the last 10 s, 0 while the source
+// sends nothing.
+func (t *Track) PeakBitrate() int { return int(t.peak.Load()) }
 
 // Bitrate is what the source sends, in bit/s (0 when it does not).
 func (t *Track) Bitrate() int { return int(t.bitrate.Load()) }

@@ -282,3 +282,21 @@ func TestPacketsReturnToPool(t *testing.T) {
 		return true
 	})
 }
+
+func TestSeenWindow(t *testing.T) {
+	var w seenWindow
+	steps := []struct {
+		seq uint16
+		new bool
+	}{
+		{65530, true}, {65531, true}, {65531, false}, {65533, true}, // a gap at 65532
+		{65532, true}, {65532, false}, {2, true}, {65535, true}, {0, true}, {65534, true}, {65534, false},
+		{3000, true}, {2, false}, // far behind now: too old
+		{2999, true}, {2999, false}, {3000, false},
+	}
+	for i, s := range steps {
+		if got := w.add(s.seq); got != s.new {
+			t.Errorf("step %d: add(%d) = %v, want %v", i, s.seq, got, s.new)
+		}
+	}
+}

@@ -72,6 +72,7 @@ func (w *WebRTC) Watch(ctx context.Context, s *Stream, offer string, hooks Viewe
 		pc.Close()
 		return nil, "", &BadOfferError{Reason: err.Error()}
 	}
+	var senders []*webrtc.RTPSender
 	for _, t := range tracks {
 		d := newDownTrack(t, t.Kind().String(), "vitrine-"+s.Name, pc.WriteRTCP, v.Close)
 		d.replay = s.opts.JoinReplay
@@ -83,8 +84,12 @@ func (w *WebRTC) Watch(ctx context.Context, s *Stream, offer string, hooks Viewe
 			pc.Close()
 			return nil, "", fmt.Errorf("whep: add %s track: %w", t.Kind(), err)
 		}
-		go d.readRTCP(sender)
+		senders = append(senders, sender)
 		v.tracks = append(v.tracks, d)
+	}
+	linkForEstimate(v.tracks)
+	for i, d := range v.tracks {
+		go d.readRTCP(senders[i])
 	}
 	pc.OnDataChannel(func(dc *webrtc.DataChannel) {
 		dc.OnOpen(func() {

@@ -6,10 +6,13 @@
 //   - A viewer's own choice (High, Medium, Low) wins over the estimate.
 //   - Down at once when the layer sent needs more than the estimate: to the
 //     highest layer that fits in 85% of it (the lowest if none does).
-//   - Up only to a layer that fits in 80% of the estimate (headroom for
+//   - Up one layer at a time, only to a layer that fits in 80% of the estimate (headroom for
 //     audio and for the estimate being wrong), and not within 10 s of a
 //     switch down: a link that could not carry a layer is not tried again
-//     at once, so a viewer does not flap.
+//     at once, so a viewer does not flap. (Doubling the wait after a switch
+//     up that had to be undone was tried: a probe fooled by a link's burst
+//     allowance just before the link opened then kept a viewer down 20 s;
+//     the undone switch itself cost no freeze in Chromium.)
 //   - When a higher layer does not fit yet, ask the estimator to probe for
 //     it (it may not know: an estimate grows only with what is sent).
 //   - A layer that stopped sending (its bitrate is 0) is never picked; the
@@ -97,7 +100,9 @@ func (a *Allocator) Decide(bitrates []int, current, estimate int, choice Choice,
 		return Decision{Layer: current}
 	}
 	if up := fit(upFit); up > pos {
-		return Decision{Layer: order[up]}
+		// One layer at a time: what let the estimate grow is a probe for
+		// the next layer (a probe can be wrong; the next one will tell).
+		return Decision{Layer: order[pos+1]}
 	}
 	next := bitrates[order[pos+1]]
 	return Decision{Layer: current, Probe: int(float64(next) / upFit)}

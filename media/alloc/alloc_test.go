@@ -23,9 +23,12 @@ func TestDecide(t *testing.T) {
 	if d := a.Decide(layers, 2, 5_000_000, Auto, t0.Add(9*time.Second)); d.Layer != 2 || d.Probe != 0 {
 		t.Fatalf("9 s after going down: %+v, want to stay on 2 without probing", d)
 	}
-	// After 10 s, up to what fits with headroom, in one step.
-	if d := a.Decide(layers, 2, 5_000_000, Auto, t0.Add(11*time.Second)); d.Layer != 0 {
-		t.Fatalf("11 s after going down with 5 Mbit/s: %+v, want layer 0", d)
+	// After 10 s, up one layer at a time, even with room for the top one.
+	if d := a.Decide(layers, 2, 5_000_000, Auto, t0.Add(11*time.Second)); d.Layer != 1 {
+		t.Fatalf("11 s after going down with 5 Mbit/s: %+v, want layer 1", d)
+	}
+	if d := a.Decide(layers, 1, 5_000_000, Auto, t0.Add(12*time.Second)); d.Layer != 0 {
+		t.Fatalf("then: %+v, want layer 0", d)
 	}
 	// An estimate that carries the low layer but not the medium one with
 	// headroom: stay, and probe for the medium one.

@@ -15,7 +15,10 @@
 //     which cancels out). The mean per feedback is smoothed; above 40 ms
 //     and still growing is overuse: estimate = 0.85 × received rate, no
 //     increase for 1 s, the probe result forgotten. A queue above 40 ms
-//     that is not growing holds the estimate (no increase).
+//     that is not growing holds the estimate (no increase); above 100 ms it
+//     is overuse too: a full drop-tail buffer (a phone network's, tc's tbf)
+//     stops growing while the link stays saturated, and waiting for the loss
+//     to show took seconds in Chromium.
 //   - Loss: the fraction of the packets newly reported that were reported
 //     not received, smoothed per packet (≈ the last 128, and at least with
 //     a 2 s time constant so that old loss fades when little is sent). Over
@@ -29,17 +32,20 @@
 //     Never lowered by the cap; always within [Min, Max].
 //   - Probes: Probe(target) opens a cluster of target × 1.2 × 30 ms bytes
 //     (at least 6 kB, to be measurable): every packet sent until it is
-//     complete (or 150 ms) counts, media included, and ProbeBytes tops the
-//     media up with padding at target × 1.2 from the probe's start, one
-//     media interval ahead (a caller with sparse media so sends a packet
-//     train, which the bottleneck spreads). Its result is the cluster's
-//     received rate (bytes after the first arrival over the arrival span).
+//     complete (or 150 ms) counts, media included, and ProbeBytes, called
+//     every few milliseconds by the caller, tops the media up with padding
+//     at target × 1.2 from the probe's start (paced: a burst sent at once
+//     arrives within one 250 µs tick and measures nothing). Its result is the cluster's
+//     received rate (bytes after the first arrival over the arrival span,
+//     and no more than that of its second half: a burst allowance lets
+//     the first bytes through at line speed).
 //     At least 0.9 × target and no overuse meanwhile: the estimate jumps to
 //     min(result, target), the increase cap becomes min(result,
 //     1.2 × target), and the smoothed loss restarts from the cluster's
 //     (fresh evidence beats a stale average). Otherwise, or when its
-//     feedback is not all back within 1 s, probes back off 2 s, doubling to
-//     8 s. No probe starts in the 1 s hold after an overuse.
+//     feedback is not all back within 1 s, probes back off 2 s, then 4 s
+//     (a probe is a few kB: cheap on a weak link, and a viewer whose link
+//     opens must find out within seconds). No probe starts in the 1 s hold after an overuse.
 //   - Feedback is parsed here (run-length and status-vector chunks, deltas
 //     in 250 µs units from a reference time in 64 ms units that wraps at
 //     24 bits; sequence numbers wrap at 16 bits) and is not trusted:
@@ -72,23 +78,24 @@ type Stats struct {
 
 // Times are µs since the first time given to the estimator.
 const (
-	ringSize     = 2048   // 8 s at 2.5 Mbit/s: feedback comes within a round trip
-	rateBucket   = 10_000 // µs; the 500 ms window is 50 of them
-	rateWindow   = 50
-	baseWindow   = 10 // 1 s buckets of the delay base
-	overuseDelay = 40_000
-	holdTime     = 1_000_000
-	lossEvery    = 300_000
-	lossPackets  = 128
-	clusterTime  = 30_000
-	clusterMax   = 150_000
-	clusterMin   = 6000 // bytes: 5 full packets, for a measurable train
-	probeWait    = 1_000_000
-	backoffMin   = 2_000_000
-	backoffMax   = 8_000_000
-	maxDelta     = 8_192_000 // a large delta is an int16 of 250 µs
-	refSpan      = 1 << 24
-	noKey        = -1 << 62
+	ringSize      = 2048   // 8 s at 2.5 Mbit/s: feedback comes within a round trip
+	rateBucket    = 10_000 // µs; the 500 ms window is 50 of them
+	rateWindow    = 50
+	baseWindow    = 10 // 1 s buckets of the delay base
+	overuseDelay  = 40_000
+	standingDelay = 100_000 // a queue this long is overuse even when it stopped growing (a full drop-tail buffer)
+	holdTime      = 1_000_000
+	lossEvery     = 300_000
+	lossPackets   = 128
+	clusterTime   = 30_000
+	clusterMax    = 150_000
+	clusterMin    = 6000 // bytes: 5 full packets, for a measurable train
+	probeWait     = 1_000_000
+	backoffMin    = 2_000_000
+	backoffMax    = 4_000_000 // a viewer whose link opens finds out within seconds
+	maxDelta      = 8_192_000 // a large delta is an int16 of 250 µs
+	refSpan       = 1 << 24
+	noKey         = -1 << 62
 )
 
 // Packet states in the ring.
@@ -123,6 +130,7 @@ type cluster struct {
 	sentN, rep, lost, recvN     int
 	sentBytes, recvBytes        int64
 	firstArr, lastArr, arrived0 int64 // arrived0: bytes arrived at firstArr
+	midArr, midBytes            int64 // when half the cluster's bytes had arrived, and how many
 }
 
 // Estimator is one viewer's estimate. Its methods are safe for concurrent
@@ -155,8 +163,6 @@ type Estimator struct {
 	holdUntil    int64
 	lastCut      int64
 	probeCap     float64
-	gap          int64 // smoothed µs between media packets
-	lastMedia    int64
 	backoff      int64
 	backoffUntil int64
 	cl           cluster
@@ -174,7 +180,7 @@ func New(c Config) *Estimator {
 		c.Max = 10_000_000
 	}
 	c.Max = max(c.Max, c.Min)
-	e := &Estimator{min: float64(c.Min), max: float64(c.Max), backoff: backoffMin, lastCut: noKey, lastMedia: noKey}
+	e := &Estimator{min: float64(c.Min), max: float64(c.Max), backoff: backoffMin, lastCut: noKey}
 	e.est = min(max(float64(c.Initial), e.min), e.max)
 	e.resetArrivals()
 	return e
@@ -221,12 +227,6 @@ func (e *Estimator) Sent(size int, now time.Time, probe bool) uint16 {
 	e.total++
 	p := &e.ring[seq%ringSize]
 	*p = entry{sent: t, size: uint16(size)}
-	if !probe {
-		if e.lastMedia != noKey {
-			e.gap += (min(max(t-e.lastMedia, 0), clusterTime) - e.gap) / 8
-		}
-		e.lastMedia = t
-	}
 	if e.cl.state != idle {
 		e.tick(t, probe)
 	}
@@ -275,18 +275,18 @@ func (e *Estimator) Probe(target int, now time.Time) bool {
 
 // ProbeBytes is how many bytes of padding to send now, for the running
 // probe: what brings everything sent since the probe started (media
-// included) up to target × 1.2 until the next media packet is due. Call it
-// each time a media packet is sent; 0 when no probe is sending.
-func (e *Estimator) ProbeBytes(now time.Time) int {
+// included) up to target × 1.2 as of ahead from now (the caller's next
+// call). -1 when no probe is sending: the caller stops.
+func (e *Estimator) ProbeBytes(now time.Time, ahead time.Duration) int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	t := e.clock(now)
 	e.tick(t, false)
 	c := &e.cl
 	if c.state != sending {
-		return 0
+		return -1
 	}
-	b := min(1.2*c.target*float64(t-c.start+e.gap)/8e6, c.size) - float64(c.sentBytes)
+	b := min(1.2*c.target*float64(t-c.start+ahead.Microseconds())/8e6, c.size) - float64(c.sentBytes)
 	return int(max(b, 0))
 }
 
@@ -296,6 +296,13 @@ func (e *Estimator) finishProbe(t int64) {
 	result := 0.0
 	if c.recvN >= 3 && c.lastArr > c.firstArr {
 		result = float64(c.recvBytes-c.arrived0) * 8e6 / float64(c.lastArr-c.firstArr)
+	}
+	// The second half of the cluster's bytes alone, when it spread: a link
+	// with a burst allowance (a token bucket: carriers' shapers, tc's tbf)
+	// lets the first kilobytes through at line speed, and a probe measured
+	// from its first packet read a 600 kbit/s link as 5 Mbit/s.
+	if c.midArr > 0 && c.lastArr > c.midArr && c.recvBytes > c.midBytes {
+		result = min(result, float64(c.recvBytes-c.midBytes)*8e6/float64(c.lastArr-c.midArr))
 	}
 	if c.overuse || result < 0.9*c.target {
 		e.backoffUntil = t + e.backoff
@@ -488,6 +495,9 @@ func (e *Estimator) status(w *walk, sym uint16) bool {
 		c.lastArr = max(c.lastArr, w.arr)
 		c.recvN++
 		c.recvBytes += size
+		if c.midArr == 0 && 2*float64(c.recvBytes) >= c.size {
+			c.midArr, c.midBytes = w.arr, c.recvBytes
+		}
 	}
 	return true
 }
@@ -544,7 +554,7 @@ func (e *Estimator) update(w *walk, t int64) {
 		} else {
 			e.haveDelay, e.delay = true, sample
 		}
-		overuse = e.delay > overuseDelay && e.delay > prev
+		overuse = e.delay > overuseDelay && (e.delay > prev || e.delay > standingDelay)
 	}
 
 	switch {

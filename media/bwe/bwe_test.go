@@ -93,9 +93,9 @@ func (s *sim) run(d time.Duration, each func()) {
 		s.credit += s.media() / 8 / 1000
 		for ; s.credit >= mtu; s.credit -= mtu {
 			s.send(mtu, false)
-			for b := s.e.ProbeBytes(now); b >= 100; b -= mtu {
-				s.send(min(b, mtu), true)
-			}
+		}
+		for b := s.e.ProbeBytes(now, time.Millisecond); b >= 100; b -= mtu {
+			s.send(min(b, mtu), true)
 		}
 		if s.t >= s.fbAt {
 			s.feedback()
@@ -315,7 +315,7 @@ func TestRandomLoss(t *testing.T) {
 }
 
 // Probes for 4 Mbit/s over a 1 Mbit/s link all fail: they back off 2, 4,
-// 8, 8 s, and the estimate is never lifted to the target.
+// 4, 4 s, and the estimate is never lifted to the target.
 func TestProbeBackoff(t *testing.T) {
 	e := New(Config{Initial: 800_000})
 	s := newSim(e, 1_000_000, 0, 4)
@@ -326,13 +326,13 @@ func TestProbeBackoff(t *testing.T) {
 			starts = append(starts, s.t)
 		}
 	}
-	s.run(26*time.Second, func() {
+	s.run(18*time.Second, func() {
 		if est := e.Estimate(); est > 1_500_000 {
 			t.Fatalf("at %v: estimate %d after failed probes", s.t, est)
 		}
 	})
 	t.Logf("probes started at %v", starts)
-	want := []time.Duration{2, 4, 8, 8}
+	want := []time.Duration{2, 4, 4, 4}
 	if len(starts) != len(want)+1 {
 		t.Fatalf("probes started at %v, want %d", starts, len(want)+1)
 	}
@@ -439,7 +439,7 @@ func TestFeedbackHostile(t *testing.T) {
 	for i, fb := range bad {
 		e.Feedback(fb, t0.Add(time.Duration(1000+i)*time.Millisecond))
 		e.Probe(2_000_000, t0.Add(time.Duration(1000+i)*time.Millisecond))
-		e.ProbeBytes(t0.Add(time.Duration(1000+i) * time.Millisecond))
+		e.ProbeBytes(t0.Add(time.Duration(1000+i)*time.Millisecond), 5*time.Millisecond)
 		if est := e.Estimate(); est < cfg.Min || est > cfg.Max {
 			t.Fatalf("feedback %d: estimate %d out of [%d, %d]", i, est, cfg.Min, cfg.Max)
 		}
@@ -475,7 +475,7 @@ func TestNoAllocs(t *testing.T) {
 	fb := feedback20()
 	if a := testing.AllocsPerRun(100, func() {
 		now = now.Add(time.Millisecond)
-		e.ProbeBytes(now)
+		e.ProbeBytes(now, 5*time.Millisecond)
 		e.Feedback(fb, now)
 	}); a != 0 {
 		t.Errorf("ProbeBytes and Feedback: %v allocs", a)
@@ -494,7 +494,7 @@ func TestConcurrent(t *testing.T) {
 				switch g {
 				case 0:
 					e.Sent(mtu, now, false)
-					e.ProbeBytes(now)
+					e.ProbeBytes(now, 5*time.Millisecond)
 				case 1:
 					e.Feedback(fb, now)
 				case 2:
@@ -545,7 +545,7 @@ func FuzzFeedback(f *testing.F) {
 			fb.PacketStatusCount = ^fb.PacketStatusCount
 			fb.RecvDeltas = fb.RecvDeltas[:len(fb.RecvDeltas)/2]
 			e.Feedback(fb, now)
-			e.ProbeBytes(now)
+			e.ProbeBytes(now, 5*time.Millisecond)
 		}
 		if est := e.Estimate(); est < 100_000 || est > 10_000_000 {
 			t.Fatalf("estimate %d", est)

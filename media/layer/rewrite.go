@@ -76,6 +76,19 @@ func (r *Rewriter) Rewrite(seq uint16, ts uint32) (uint16, uint32, bool) {
 	return out, outTS, true
 }
 
+// Pad takes the viewer's next sequence number for a packet of padding
+// alone, and the timestamp to give it; later packets come after it. A
+// padded track's earlier numbers are no longer looked up right: only for
+// audio, which is never retransmitted. False before the first packet.
+func (r *Rewriter) Pad() (uint16, uint32, bool) {
+	if !r.started {
+		return 0, 0, false
+	}
+	r.cur.seqOff++
+	r.lastSeq++
+	return r.lastSeq, r.lastTS, true
+}
+
 // Lookup finds where the viewer's sequence number out came from, for a
 // retransmission: the layer, the layer's sequence number, and what to add to
 // the layer's timestamp. False if it is older than the spans kept.

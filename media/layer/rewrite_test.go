@@ -75,3 +75,18 @@ func TestLookupForgetsOldSpans(t *testing.T) {
 		t.Fatalf("the packet just before the last switch: layer %d ok=%v, want %d", l, ok, history)
 	}
 }
+
+func TestPad(t *testing.T) {
+	r := New(0)
+	if _, _, ok := r.Pad(); ok {
+		t.Fatal("padding before any packet")
+	}
+	r.Rewrite(100, 960)
+	seq, ts, ok := r.Pad()
+	if !ok || seq != 101 || ts != 960 {
+		t.Fatalf("Pad = %d %d %v, want 101 960", seq, ts, ok)
+	}
+	if out, _, _ := r.Rewrite(101, 1920); out != 102 {
+		t.Fatalf("the packet after the padding is %d, want 102", out)
+	}
+}

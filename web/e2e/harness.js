@@ -21,7 +21,9 @@ function freePort() {
 }
 
 // env adds to the server's environment (configuration by VITRINE_* variables).
-export async function startServer(env = {}) {
+// host is the address the server listens on, HTTP and WebRTC (loopback by
+// default; a test's own network namespace link for constrained viewers).
+export async function startServer(env = {}, { host = '127.0.0.1' } = {}) {
   const bin = process.env.VITRINE_BIN;
   if (!bin) throw new Error('VITRINE_BIN must name a built vitrine binary (.ci/test.sh builds it)');
   const dir = mkdtempSync(path.join(os.tmpdir(), 'vitrine-e2e-'));
@@ -29,12 +31,12 @@ export async function startServer(env = {}) {
   const rtmpPort = await freePort();
   const cfg = path.join(dir, 'vitrine.yaml');
   // ICE on loopback only: tests send nothing off this machine.
-  writeFileSync(cfg, `http: "127.0.0.1:${port}"\ndata: "${dir}/data"\nwebrtc:\n  listen_ip: "127.0.0.1"\n  udp_port: 0\n  include_loopback: true\nrtmp:\n  address: "127.0.0.1:${rtmpPort}"\nrtsp:\n  address: ""\nlog:\n  level: warn\n`);
+  writeFileSync(cfg, `http: "${host}:${port}"\ndata: "${dir}/data"\nwebrtc:\n  listen_ip: "${host}"\n  udp_port: 0\n  include_loopback: ${host === '127.0.0.1'}\nrtmp:\n  address: "127.0.0.1:${rtmpPort}"\nrtsp:\n  address: ""\nlog:\n  level: warn\n`);
   const proc = spawn(bin, ['-config', cfg], {
     env: { ...process.env, VITRINE_ADMIN_TOKEN: ADMIN, VITRINE_DEMO_KEY: KEY, ...env },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
-  const base = `http://127.0.0.1:${port}`;
+  const base = `http://${host}:${port}`;
   const deadline = Date.now() + 20000;
   for (;;) {
     try { if ((await fetch(`${base}/readyz`)).ok) break; } catch { /* not up yet */ }
@@ -44,15 +46,17 @@ export async function startServer(env = {}) {
   return { base, rtmp: `rtmp://127.0.0.1:${rtmpPort}/live`, stop: () => proc.kill('SIGTERM') };
 }
 
-export function launch() {
+// executablePath may be a wrapper (one that enters a network namespace);
+// extraArgs are added to the flags below.
+export function launch({ executablePath = '/usr/bin/chromium', extraArgs = [] } = {}) {
   return chromium.launch({
-    executablePath: '/usr/bin/chromium',
+    executablePath,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
       '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
       // Keep WebRTC on this machine: plain host candidates, loopback allowed.
       '--disable-features=WebRtcHideLocalIpsWithMdns', '--allow-loopback-in-peer-connection',
-      '--autoplay-policy=no-user-gesture-required'],
+      '--autoplay-policy=no-user-gesture-required', ...extraArgs],
   });
 }
 

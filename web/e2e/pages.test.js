@@ -61,14 +61,15 @@ test('go live, watch, show a card, sell out a flash sale, embed, reload', async 
     await studio.click('#golive');
     await studio.waitForSelector('#state[data-state=live]', { timeout: 15000 });
     await playing(viewer);
-    // The viewer decodes frames of the size the studio sends (Chrome may
-    // scale its camera down under load; the server forwards what it gets).
+    // The viewer decodes frames of the size the studio sends in its top
+    // simulcast layer (Chrome may scale its camera down under load; the
+    // server forwards what it gets, and a viewer on loopback gets the top).
     const sizes = await waitFor('viewer frame size equals the studio\'s', async () => {
       const got = await videoStats(viewer);
       const sent = await studio.evaluate(async () => {
         let out = null;
         (await window.vitrineStudio.pc.getStats()).forEach((s) => {
-          if (s.type === 'outbound-rtp' && s.kind === 'video' && s.frameWidth) out = { width: s.frameWidth, height: s.frameHeight };
+          if (s.type === 'outbound-rtp' && s.kind === 'video' && s.frameWidth && !(out && out.width >= s.frameWidth)) out = { width: s.frameWidth, height: s.frameHeight };
         });
         return out;
       });

@@ -15,6 +15,17 @@ let sessionURL = null;
 let lastBytes = null;
 let overlay = { card: null, sale: null };
 
+// Simulcast: the camera goes out as three layers (RFC 8853 rids, high to
+// low, as the server expects them) and each viewer is sent the one its
+// network carries. On by default; the choice is kept in this browser.
+const layers = [
+  { rid: 'h', maxBitrate: 2_500_000 },
+  { rid: 'm', scaleResolutionDownBy: 2, maxBitrate: 800_000 },
+  { rid: 'l', scaleResolutionDownBy: 4, maxBitrate: 250_000 },
+];
+$('simulcast').checked = localStorage.getItem('vitrine-simulcast') !== '0';
+$('simulcast').addEventListener('change', () => localStorage.setItem('vitrine-simulcast', $('simulcast').checked ? '1' : '0'));
+
 function setState(state, text) {
   $('state').dataset.state = state;
   $('state').textContent = text;
@@ -67,6 +78,7 @@ const refusals = {
 
 async function goLive() {
   $('golive').disabled = true;
+  $('simulcast').disabled = true;
   setState('connecting', 'Connecting…');
   try {
     media = $('source').value === 'screen'
@@ -75,6 +87,7 @@ async function goLive() {
   } catch (err) {
     setState('error', `Camera or microphone not available (${err.name}). Allow access in the browser and press Go live again.`);
     $('golive').disabled = false;
+    $('simulcast').disabled = false;
     return;
   }
   $('preview').srcObject = media;
@@ -96,7 +109,10 @@ async function goLive() {
 
 async function publish() {
   pc = new RTCPeerConnection();
-  for (const track of media.getTracks()) pc.addTransceiver(track, { direction: 'sendonly' });
+  for (const track of media.getTracks()) {
+    if (track.kind === 'video') addVideo(pc, track);
+    else pc.addTransceiver(track, { direction: 'sendonly' });
+  }
   const mine = pc;
   pc.onconnectionstatechange = () => {
     if (pc !== mine) return;
@@ -128,6 +144,24 @@ async function publish() {
   return 'ok';
 }
 
+// addVideo sends the video as simulcast layers when that is on. A browser
+// that refuses the encodings gets one layer, as without simulcast; one whose
+// answer has no simulcast (an older server) sends its first encoding only.
+// The layers are the same whichever codec the server asks for (H.264 by
+// default, VP8). Chromium drops layers for small pictures, so the camera is
+// asked for 1280x720 (l is then 320x180).
+function addVideo(peer, track) {
+  if ($('simulcast').checked) {
+    try {
+      peer.addTransceiver(track, { direction: 'sendonly', sendEncodings: layers.map((l) => ({ ...l })) });
+      return;
+    } catch (err) {
+      console.warn('studio: simulcast refused, sending one layer:', err);
+    }
+  }
+  peer.addTransceiver(track, { direction: 'sendonly' });
+}
+
 function stop(sendDelete = true) {
   if (sendDelete && sessionURL) fetch(sessionURL, { method: 'DELETE', keepalive: true }).catch(() => {});
   sessionURL = null;
@@ -135,6 +169,7 @@ function stop(sendDelete = true) {
   if (pc) { pc.close(); pc = null; }
   if (media) { media.getTracks().forEach((t) => t.stop()); media = null; }
   $('golive').disabled = false;
+  $('simulcast').disabled = false;
   $('end').disabled = true;
 }
 
@@ -148,6 +183,9 @@ async function updateHealth() {
   try { h = await api(`/api/v1/streams/${encodeURIComponent(stream)}/health`); } catch { return; }
   const live = h.state === 'live' && h.measured;
   $('h-video').textContent = live ? `${h.video.codec}${h.video.profile ? ` ${h.video.profile}` : ''} · ${Math.round(h.video.bitrate_bps / 1000)} kbps` : '–';
+  const sent = (h.video.layers || []).filter((l) => l.bitrate_bps > 0);
+  $('h-layers').textContent = live && sent.length > 1
+    ? `${sent.length}: ${sent.map((l) => Math.round(l.bitrate_bps / 1000)).join(' / ')} kbps` : (live ? '1' : '–');
   $('h-fps').textContent = live ? `${Math.round(h.video.fps)} fps` : '–';
   $('h-key').textContent = h.video.keyframes_on_request ? 'on request'
     : (live && h.video.keyframe_interval_s ? `every ${h.video.keyframe_interval_s.toFixed(1)} s` : '–');

@@ -2,7 +2,9 @@
 // over WHEP with sub-second latency and lays the shop overlay over it: the
 // product card appears on the video frame the creator showed it on.
 //
-// Attributes: server (default: this page's origin), stream (default "demo").
+// Attributes: server (default: this page's origin), stream (default "demo"),
+// quality (auto, high, medium, low: the quality menu's choice; without it,
+// the viewer's last choice on this page, else auto).
 // Events (bubbling, composed):
 //   vitrine-state  {state, reason}       waiting, live, reconnecting, ended
 //   vitrine-card   {card, sale, rtpTimestamp, type, id}  a card is on screen
@@ -10,6 +12,7 @@
 //   vitrine-buy    {sku, qty, card}      cancelable: call preventDefault() to
 //                                        route Buy into your own cart instead
 //   vitrine-order  {order}               an order was confirmed
+//   vitrine-quality {quality}            the server took a quality choice
 //   vitrine-message {...}                any overlay message, as received
 // Style with CSS custom properties: --vitrine-accent, --vitrine-card-bg,
 // --vitrine-card-fg, --vitrine-radius, --vitrine-font, --vitrine-aspect.
@@ -27,6 +30,11 @@ button { font: inherit; border: 0; border-radius: 6px; padding: 8px 14px; cursor
 button:disabled { opacity: .6; cursor: default; }
 button:focus-visible { outline: 2px solid #fff; outline-offset: 2px; }
 .unmute { position: absolute; left: 12px; top: 12px; }
+.quality { position: absolute; right: 12px; top: 12px; display: flex; gap: 6px; align-items: center;
+  font-size: 13px; background: rgba(0,0,0,.55); border-radius: 6px; padding: 2px 2px 2px 8px; }
+.quality select { font: inherit; color: #fff; background: transparent; border: 0; border-radius: 4px; padding: 4px; cursor: pointer; }
+.quality option { background: #222; color: #fff; }
+.quality select:focus-visible { outline: 2px solid #fff; outline-offset: 1px; }
 .card { position: absolute; right: 12px; bottom: 12px; width: min(300px, calc(100% - 24px));
   background: var(--vitrine-card-bg, rgba(255,255,255,.96)); color: var(--vitrine-card-fg, #111);
   border-radius: var(--vitrine-radius, 8px); padding: 10px; display: grid; gap: 6px;
@@ -56,6 +64,9 @@ export function price(minor, currency, locale) {
   return fmt.format(minor / 10 ** digits);
 }
 
+// The quality menu's entries, as the server takes them.
+const qualities = ['auto', 'high', 'medium', 'low'];
+
 // reached: has the frame with RTP timestamp ts reached at (32-bit wrap-around)?
 export function reached(ts, at) { return ((ts - at) | 0) >= 0; }
 
@@ -67,6 +78,9 @@ export class VitrinePlayer extends HTMLElement {
       <video playsinline autoplay muted></video>
       <div class="status" role="status" aria-live="polite"></div>
       <button class="unmute" type="button" hidden>Tap to unmute</button>
+      <div class="quality"><label for="quality">Quality</label>
+        <select id="quality"><option value="auto">Auto</option><option value="high">High</option>
+          <option value="medium">Medium</option><option value="low">Low</option></select></div>
       <section class="card" hidden aria-live="polite" aria-label="Product">
         <img alt="">
         <div><div class="title"></div><div class="price"></div><div class="meta"></div></div>
@@ -81,6 +95,8 @@ export class VitrinePlayer extends HTMLElement {
     this.buyBtn = root.querySelector('.buy');
     this.confirmBtn = root.querySelector('.confirm');
     this.answerEl = root.querySelector('.answer');
+    this.qualityEl = root.querySelector('.quality select');
+    this.qualityEl.addEventListener('change', () => this.chooseQuality(this.qualityEl.value, true));
     this.unmuteBtn.addEventListener('click', () => { this.video.muted = false; this.unmuteBtn.hidden = true; });
     this.buyBtn.addEventListener('click', () => this.buy());
     this.confirmBtn.addEventListener('click', () => this.confirm());
@@ -92,8 +108,18 @@ export class VitrinePlayer extends HTMLElement {
     this.playoutDelay = 0.1; // seconds, refreshed from getStats for the fallback
   }
 
+  static get observedAttributes() { return ['quality']; }
+
+  attributeChangedCallback(name, _old, value) {
+    if (name === 'quality' && qualities.includes(value) && value !== this.qualityEl.value) this.chooseQuality(value);
+  }
+
   connectedCallback() {
     this.stopped = false;
+    if (!qualities.includes(this.getAttribute('quality'))) {
+      const saved = localStorage.getItem(this.qualityKey);
+      this.qualityEl.value = qualities.includes(saved) ? saved : 'auto';
+    }
     this.showStatus('connecting');
     this.watchFrames();
     this.tick = setInterval(() => this.everySecond(), 250);
@@ -108,6 +134,34 @@ export class VitrinePlayer extends HTMLElement {
 
   get server() { return (this.getAttribute('server') || location.origin).replace(/\/$/, ''); }
   get stream() { return this.getAttribute('stream') || 'demo'; }
+  get quality() { return this.qualityEl.value; }
+  set quality(value) { this.setAttribute('quality', value); }
+  get qualityKey() { return `vitrine-quality:${location.pathname}`; }
+
+  // chooseQuality applies a quality choice: reflected in the attribute and
+  // sent to the server, now or when the data channel opens; the viewer's
+  // own (byMenu) is kept for this page. Which layer the server sends for it
+  // is the server's: Auto follows the viewer's bandwidth.
+  chooseQuality(value, byMenu = false) {
+    if (!qualities.includes(value)) return;
+    this.qualityEl.value = value;
+    if (byMenu) localStorage.setItem(this.qualityKey, value);
+    if (this.getAttribute('quality') !== value) this.setAttribute('quality', value);
+    this.sendQuality();
+  }
+
+  sendQuality() {
+    if (this.dc && this.dc.readyState === 'open') {
+      this.dc.send(JSON.stringify({ v: 1, type: 'quality', value: this.qualityEl.value }));
+    }
+  }
+
+  // showHeight puts the resolution received next to Auto: "Auto (360p)".
+  showHeight(height) {
+    const auto = this.qualityEl.options[0];
+    const text = height ? `Auto (${height}p)` : 'Auto';
+    if (auto.textContent !== text) auto.textContent = text;
+  }
 
   emit(name, detail, cancelable = false) {
     return this.dispatchEvent(new CustomEvent(name, { detail, bubbles: true, composed: true, cancelable }));
@@ -131,6 +185,8 @@ export class VitrinePlayer extends HTMLElement {
     const dc = pc.createDataChannel('vitrine');
     this.dc = dc;
     dc.onmessage = (e) => this.onMessage(e.data);
+    // A new session starts on Auto: a viewer who chose otherwise says so.
+    dc.onopen = () => { if (this.qualityEl.value !== 'auto') this.sendQuality(); };
     const media = new MediaStream();
     pc.ontrack = (e) => {
       media.addTrack(e.track);
@@ -197,6 +253,10 @@ export class VitrinePlayer extends HTMLElement {
         break;
       case 'buy.result': this.onBuyResult(msg); break;
       case 'confirm.result': this.onConfirmed(msg.order); break;
+      case 'quality.result':
+        this.qualityEl.dataset.confirmed = msg.value;
+        this.emit('vitrine-quality', { quality: msg.value });
+        break;
       case 'error': if (this.buying) this.answer(msg.message, true); break;
     }
   }
@@ -249,11 +309,16 @@ export class VitrinePlayer extends HTMLElement {
     if (this.pc && this.pc.connectionState === 'connected' && !(this.statsAt > performance.now() - 2000)) {
       this.statsAt = performance.now();
       const stats = await this.pc.getStats();
+      let height = 0;
       stats.forEach((s) => {
         if (s.type === 'inbound-rtp' && s.kind === 'video' && s.jitterBufferEmittedCount > 0) {
           this.playoutDelay = s.jitterBufferDelay / s.jitterBufferEmittedCount;
         }
+        if (s.type === 'inbound-rtp' && s.kind === 'video' && s.frameHeight) height = s.frameHeight;
       });
+      this.showHeight(height);
+    } else if (!this.pc || this.pc.connectionState !== 'connected') {
+      this.showHeight(0);
     }
   }
 
