@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -19,7 +20,11 @@ import (
 // signaling/client/loadtest). Progress goes to stderr, the report to stdout.
 // -pli-answer makes the publisher answer keyframe requests like a browser
 // (all), a rate-limited encoder (1s) or a fixed-interval one (none), to
-// measure how long joiners wait for a picture with each.
+// measure how long joiners wait for a picture with each. -simulcast
+// publishes three layers as OBS does, -twcc has viewers send the feedback
+// the server's bandwidth estimate needs, and -netns puts some viewers behind
+// a network namespace the caller made (a constrained link, say), reported
+// as their own group.
 func load(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("vitrine load", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -41,10 +46,15 @@ func load(args []string, stdout, stderr io.Writer) error {
 	nack := fs.Bool("nack", false, "lite viewers ask for lost video packets again (NACK, RTX) as browsers do, and report what came back")
 	pliAnswer := fs.String("pli-answer", "all", "how the publisher answers keyframe requests (PLI/FIR): all (a keyframe at the next frame, like a browser), 1s (at most one a second, the rest dropped, like rate-limited hardware encoders) or none (only the clip's own keyframes, every 2 s in the embedded clip, like OBS or an RTSP camera)")
 	pace := fs.Float64("pace", 0, "spread each video frame's packets at this multiple of the clip's bitrate, as browsers do (Chrome: 2.5); 0: back to back")
+	simulcast := fs.Bool("simulcast", false, "publish three simulcast layers in one video m-line as OBS does (rids 0, 1, 2: 1280x720 ~2.5 Mbit/s, 640x360 ~800 kbit/s, 320x180 ~250 kbit/s); the report says which layer each viewer ends on")
+	twcc := fs.Bool("twcc", false, "viewers send transport-wide congestion control feedback (TWCC), which the server's per-viewer bandwidth estimate needs (default: on with -simulcast)")
+	netnsName := fs.String("netns", "", "network namespace (ip netns add NAME) that -netns-viewers of the lite viewers open their socket in, reported as the group \"constrained\" (needs root)")
+	netnsIP := fs.String("netns-ip", "", "the IPv4 address those viewers bind to in -netns")
+	netnsViewers := fs.Int("netns-viewers", 0, "how many of -viewers are in -netns (spread over the joins)")
 	asJSON := fs.Bool("json", false, "write the report as JSON")
 	cpuProfile := fs.String("cpuprofile", "", "write the load tool's own CPU profile to this file")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: vitrine load [flags]\n\nPublishes a clip over WHIP (with -key) and joins WHEP viewers, then reports delivery, loss, join times\n(to the first packet, the first keyframe, the first complete keyframe a decoder could show), how far\nbehind live joiners are 2 s in, latency, keyframe requests answered and CPU per packet.")
+		fmt.Fprintln(stderr, "usage: vitrine load [flags]\n\nPublishes a clip over WHIP (with -key) and joins WHEP viewers, then reports delivery, loss, join times\n(to the first packet, the first keyframe, the first complete keyframe a decoder could show), how far\nbehind live joiners are 2 s in, latency, keyframe requests answered and CPU per packet; with -simulcast\nthe layer each viewer ends on, its switches, and per group (-netns: \"constrained\") when it reached the lowest.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -53,11 +63,22 @@ func load(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("load: unexpected argument %q", fs.Arg(0))
 	}
+	twccSet := false
+	fs.Visit(func(f *flag.Flag) { twccSet = twccSet || f.Name == "twcc" })
+	if !twccSet {
+		// Off without simulcast, so that figures taken before it stay
+		// comparable: feedback is work for both sides.
+		*twcc = *simulcast
+	}
 	cfg := loadtest.Config{
 		Server: *server, Stream: *stream, Key: *key, Viewers: *viewers, Rate: *rate,
 		Duration: *duration, Interval: *interval, MetricsURL: *metrics, MetricsToken: *metricsToken,
 		Loopback: *loopback, LocalIP: *localIP, NACK: *nack, Pace: *pace,
+		Simulcast: *simulcast, TWCC: *twcc, Netns: *netnsName, NetnsIP: *netnsIP, NetnsViewers: *netnsViewers,
 		Progress: func(p loadtest.Progress) { printProgress(stderr, p) },
+	}
+	if *simulcast && (*key == "" || *clipFile != "") {
+		return errors.New("load: -simulcast publishes the embedded layers: it needs -key, and no -clip")
 	}
 	answer, err := loadtest.ParsePLIAnswer(*pliAnswer)
 	if err != nil {

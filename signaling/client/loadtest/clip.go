@@ -25,12 +25,34 @@ import (
 //	  -pix_fmt yuv420p -b:v 2500k -maxrate 2500k -bufsize 1250k -x264-params repeat-headers=1 \
 //	  -f h264 clip/clip.h264 \
 //	  -map 1:a -c:a libopus -b:a 64k -frame_duration 20 -page_duration 20000 -f ogg clip/clip.ogg
+//
+// The simulcast layers below it (-simulcast: layer 0 is the clip above):
+// the same 4 s of the same source, scaled as a browser's or OBS's encoder
+// scales the captured picture, with the same GOP (IDR at 0 and 60,
+// SPS/PPS before each), video only:
+//
+//	ffmpeg -y -f lavfi -t 4 -i testsrc2=size=1280x720:rate=30 -vf scale=640:360 \
+//	  -c:v libx264 -profile:v baseline -bf 0 -g 60 -keyint_min 60 -sc_threshold 0 \
+//	  -pix_fmt yuv420p -b:v 800k -maxrate 800k -bufsize 400k -x264-params repeat-headers=1 \
+//	  -f h264 clip/clip-360p.h264
+//	ffmpeg -y -f lavfi -t 4 -i testsrc2=size=1280x720:rate=30 -vf scale=320:180 \
+//	  -c:v libx264 -profile:v baseline -bf 0 -g 60 -keyint_min 60 -sc_threshold 0 \
+//	  -pix_fmt yuv420p -b:v 250k -maxrate 250k -bufsize 125k -x264-params repeat-headers=1 \
+//	  -f h264 clip/clip-180p.h264
 var (
 	//go:embed clip/clip.h264
 	embeddedH264 []byte
 	//go:embed clip/clip.ogg
 	embeddedOgg []byte
+	//go:embed clip/clip-360p.h264
+	embedded360p []byte
+	//go:embed clip/clip-180p.h264
+	embedded180p []byte
 )
+
+// LayerRIDs are the RTP stream ids of the simulcast layers, top first, as
+// OBS's WHIP output names them.
+var LayerRIDs = []string{"0", "1", "2"}
 
 // rtpMTU is the payload size the clip is cut to, as browsers do.
 const rtpMTU = 1200
@@ -64,6 +86,26 @@ func (c *Clip) bytesPerSecond() float64 {
 // EmbeddedClip is the clip built into the binary.
 func EmbeddedClip() (*Clip, error) {
 	return LoadClip(bytes.NewReader(embeddedH264), bytes.NewReader(embeddedOgg), 30)
+}
+
+// EmbeddedLayers are the three simulcast layers built into the binary, in
+// the order of LayerRIDs: the embedded clip (1280x720, ~2.5 Mbit/s, with
+// its audio), 640x360 at ~800 kbit/s and 320x180 at ~250 kbit/s, all with
+// the same frames and keyframes.
+func EmbeddedLayers() ([]*Clip, error) {
+	top, err := EmbeddedClip()
+	if err != nil {
+		return nil, err
+	}
+	layers := []*Clip{top}
+	for _, b := range [][]byte{embedded360p, embedded180p} {
+		c, err := LoadClip(bytes.NewReader(b), nil, 30)
+		if err != nil {
+			return nil, err
+		}
+		layers = append(layers, c)
+	}
+	return layers, nil
 }
 
 // LoadClip reads H.264 Annex-B video (packetization mode 1, as WebRTC sends

@@ -2,6 +2,7 @@ package loadtest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -31,6 +32,7 @@ import (
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/pion/sctp"
+	"github.com/pion/sdp/v3"
 	"github.com/pion/srtp/v3"
 	"github.com/pion/stun/v4"
 	"github.com/vitrine-live/vitrine/signaling/client"
@@ -74,9 +76,13 @@ func sdpFingerprint(der []byte) string {
 
 // liteSession is one lite viewer's connection.
 type liteSession struct {
-	v        *viewer
-	sock     *net.UDPConn
+	v    *viewer
+	sock *net.UDPConn
+	// remote is where the server answered our first check from (set by the
+	// read loop before iceOK closes); cands are the server's candidates the
+	// checks go to, best first.
 	remote   netip.AddrPort
+	cands    []netip.AddrPort
 	location string
 
 	localUfrag, localPwd   string
@@ -88,11 +94,18 @@ type liteSession struct {
 	// Loss recovery (with Config.NACK). The read loop owns nack, videoSSRC
 	// and rtcpBuf; probe is the last consent check sent, for its round trip.
 	nack      *nackState
-	ssrc      uint32 // ours, as the sender of NACKs
-	videoSSRC uint32
+	ssrc      uint32                       // ours, as the sender of NACKs and feedback
+	videoSSRC uint32                       // from the answer, else from the video packets
 	srtcp     atomic.Pointer[srtp.Context] // encrypts what we send
 	rtcpBuf   []byte
 	probe     atomic.Pointer[stunProbe]
+
+	// Transport-wide congestion control (with Config.TWCC, when the answer
+	// has the extension): its id, and what the read loop records and
+	// reports.
+	twccID   uint8
+	twcc     *twccRecorder
+	feedback atomic.Uint64 // reports sent
 
 	iceOK   chan struct{} // closed when the server answered our check
 	iceOnce sync.Once
@@ -134,14 +147,28 @@ func randomToken(n int) string {
 	return hex.EncodeToString(b)[:n]
 }
 
-// joinLite is join for a lite viewer: offer, answer, ICE, DTLS, SCTP.
+// twccOfferID is the header extension id the lite viewer offers for the
+// transport-wide sequence number (Chrome's).
+const twccOfferID = 3
+
+// joinLite is join for a lite viewer: offer, answer, ICE, DTLS, SCTP. A
+// constrained viewer's socket is made in the run's network namespace; its
+// HTTP requests go from here.
 func (v *viewer) joinLite(ctx context.Context, endpoint string) error {
 	r := v.run
-	laddr := &net.UDPAddr{IP: net.IPv4zero}
-	if r.localIP.IsValid() {
-		laddr.IP = r.localIP.AsSlice()
+	localIP := r.localIP
+	var sock *net.UDPConn
+	var err error
+	if v.group == groupConstrained {
+		localIP = r.netns.ip
+		sock, err = r.netns.listenUDP()
+	} else {
+		laddr := &net.UDPAddr{IP: net.IPv4zero}
+		if localIP.IsValid() {
+			laddr.IP = localIP.AsSlice()
+		}
+		sock, err = net.ListenUDP("udp4", laddr)
 	}
-	sock, err := net.ListenUDP("udp4", laddr)
 	if err != nil {
 		return err
 	}
@@ -151,16 +178,19 @@ func (v *viewer) joinLite(ctx context.Context, endpoint string) error {
 	var tb [12]byte
 	_, _ = rand.Read(tb[:])
 	s.tieBreaker = binary.BigEndian.Uint64(tb[:])
+	s.ssrc = binary.BigEndian.Uint32(tb[8:])
 	if r.cfg.NACK {
 		s.nack = &nackState{}
-		s.ssrc = binary.BigEndian.Uint32(tb[8:])
 		s.rtxPT = 103 // offered; the answer says whether the server takes it
+	}
+	if r.cfg.TWCC {
+		s.twccID = twccOfferID // offered; the answer says which id, if any
 	}
 	v.mu.Lock()
 	v.lite = s
 	v.mu.Unlock()
 
-	hostIP, err := localIPFor(r.cfg.Server, r.localIP)
+	hostIP, err := localIPFor(r.cfg.Server, localIP)
 	if err != nil {
 		return err
 	}
@@ -169,8 +199,11 @@ func (v *viewer) joinLite(ctx context.Context, endpoint string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.parseAnswer(answer, r.localIP.IsLoopback()); err != nil {
+	if err := s.parseAnswer(answer, localIP.IsLoopback()); err != nil {
 		return err
+	}
+	if s.twccID != 0 {
+		s.twcc = &twccRecorder{}
 	}
 	if !v.startReader() {
 		return errors.New("closed while joining")
@@ -180,17 +213,25 @@ func (v *viewer) joinLite(ctx context.Context, endpoint string) error {
 		s.readLoop()
 	}()
 
-	// ICE: we are the controlling side and nominate the one pair at once.
+	// ICE: we are the controlling side and nominate the first pair that
+	// answers. Checks go to the server's best candidate, and every 200 ms
+	// to one more (a viewer in a network namespace may not reach them all).
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
-	for ice := false; !ice; {
-		if err := s.sendBindingRequest(); err != nil {
-			return err
+	var sendErr error // an address this viewer has no route to, say
+	for ice, tries := false, 0; !ice; tries++ {
+		for _, c := range s.cands[:min(len(s.cands), 1+tries/4)] {
+			if err := s.sendBindingRequest(c); err != nil {
+				sendErr = err
+			}
 		}
 		select {
 		case <-s.iceOK:
 			ice = true
 		case <-ctx.Done():
+			if sendErr != nil {
+				return fmt.Errorf("ICE: %w (%v)", ctx.Err(), sendErr)
+			}
 			return fmt.Errorf("ICE: %w", ctx.Err())
 		case <-t.C:
 		}
@@ -237,14 +278,16 @@ func (v *viewer) joinLite(ctx context.Context, endpoint string) error {
 	if err != nil {
 		return fmt.Errorf("SRTP: %w", err)
 	}
-	s.srtp.Store(sctx)
-	if s.nack != nil {
+	if s.nack != nil || s.twcc != nil {
+		// Before the read loop decrypts anything: its first packets may
+		// be due feedback.
 		out, err := srtp.CreateContext(keys.Keys.LocalMasterKey, keys.Keys.LocalMasterSalt, keys.Profile)
 		if err != nil {
 			return fmt.Errorf("SRTCP: %w", err)
 		}
 		s.srtcp.Store(out)
 	}
+	s.srtp.Store(sctx)
 	v.connected.Store(true)
 
 	// The overlay channel: SCTP over the DTLS connection, then DCEP.
@@ -317,6 +360,10 @@ func (s *liteSession) offer(ip netip.Addr, port int, fingerprint string) string 
 	w("a=rtcp-mux")
 	w("a=rtpmap:%d H264/90000", s.videoPT)
 	w("a=fmtp:%d level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f", s.videoPT)
+	if s.twccID != 0 {
+		w("a=extmap:%d %s", s.twccID, sdp.TransportCCURI)
+		w("a=rtcp-fb:%d transport-cc", s.videoPT)
+	}
 	if s.nack != nil {
 		w("a=rtcp-fb:%d nack", s.videoPT)
 		w("a=rtpmap:%d rtx/90000", s.rtxPT)
@@ -364,13 +411,19 @@ func (s *liteSession) post(ctx context.Context, endpoint, offer string) (string,
 }
 
 // parseAnswer takes what the lite viewer needs from the server's answer:
-// ICE credentials, the best IPv4 UDP host candidate, the payload types.
+// ICE credentials, the IPv4 UDP candidates by priority, the payload types,
+// the video SSRC and the transport-wide sequence number's extension id.
 func (s *liteSession) parseAnswer(answer string, loopback bool) error {
-	var best netip.AddrPort
-	var bestPrio uint64
+	type candidate struct {
+		addr netip.AddrPort
+		prio uint64
+	}
+	var cands []candidate
 	section := ""
 	rtx := map[uint64]bool{} // video payload types that are RTX
 	apt := map[uint64]uint64{}
+	var twccID uint8
+	var firstSSRC, fidSSRC uint32
 	for line := range strings.Lines(answer) {
 		line = strings.TrimRight(line, "\r\n")
 		switch {
@@ -391,6 +444,26 @@ func (s *liteSession) parseAnswer(answer string, loopback bool) error {
 			pt, enc, _ := strings.Cut(strings.TrimPrefix(line, "a=rtpmap:"), " ")
 			if n, err := strconv.ParseUint(pt, 10, 7); err == nil && strings.HasPrefix(strings.ToLower(enc), "rtx/") {
 				rtx[n] = true
+			}
+		case section == "video" && strings.HasPrefix(line, "a=extmap:"):
+			// a=extmap:<id>[/<direction>] <uri>
+			id, uri, _ := strings.Cut(strings.TrimPrefix(line, "a=extmap:"), " ")
+			id, _, _ = strings.Cut(id, "/")
+			uri, _, _ = strings.Cut(uri, " ") // extension attributes may follow
+			if n, err := strconv.ParseUint(id, 10, 8); err == nil && n > 0 && n < 15 && uri == sdp.TransportCCURI {
+				twccID = uint8(n)
+			}
+		case section == "video" && strings.HasPrefix(line, "a=ssrc-group:FID "):
+			// The group's first SSRC is the media's, the second its RTX.
+			if f := strings.Fields(strings.TrimPrefix(line, "a=ssrc-group:FID ")); len(f) > 0 {
+				if n, err := strconv.ParseUint(f[0], 10, 32); err == nil {
+					fidSSRC = uint32(n)
+				}
+			}
+		case section == "video" && strings.HasPrefix(line, "a=ssrc:") && firstSSRC == 0:
+			id, _, _ := strings.Cut(strings.TrimPrefix(line, "a=ssrc:"), " ")
+			if n, err := strconv.ParseUint(id, 10, 32); err == nil {
+				firstSSRC = uint32(n)
 			}
 		case section == "video" && strings.HasPrefix(line, "a=fmtp:"):
 			pt, params, _ := strings.Cut(strings.TrimPrefix(line, "a=fmtp:"), " ")
@@ -415,9 +488,7 @@ func (s *liteSession) parseAnswer(answer string, loopback bool) error {
 			if err != nil || perr != nil || !ip.Is4() || (loopback && !ip.IsLoopback()) {
 				continue
 			}
-			if !best.IsValid() || prio > bestPrio {
-				best, bestPrio = netip.AddrPortFrom(ip, uint16(port)), prio
-			}
+			cands = append(cands, candidate{netip.AddrPortFrom(ip, uint16(port)), prio})
 		}
 	}
 	if s.rtxPT != 0 {
@@ -428,13 +499,27 @@ func (s *liteSession) parseAnswer(answer string, loopback bool) error {
 			}
 		}
 	}
+	if s.twccID != 0 {
+		s.twccID = twccID
+	}
+	s.videoSSRC = firstSSRC
+	if fidSSRC != 0 {
+		s.videoSSRC = fidSSRC
+	}
 	if s.remoteUfrag == "" || s.remotePwd == "" {
 		return errors.New("answer has no ICE credentials")
 	}
-	if !best.IsValid() {
+	if len(cands) == 0 {
 		return errors.New("answer has no IPv4 UDP candidate this viewer can reach")
 	}
-	s.remote = best
+	slices.SortStableFunc(cands, func(a, b candidate) int { return cmp.Compare(b.prio, a.prio) })
+	s.cands = s.cands[:0]
+	for _, c := range cands {
+		if !slices.Contains(s.cands, c.addr) {
+			s.cands = append(s.cands, c.addr)
+		}
+	}
+	s.remote = s.cands[0]
 	return nil
 }
 
@@ -454,7 +539,9 @@ func checkFingerprint(raw [][]byte, want string) error {
 	return nil
 }
 
-func (s *liteSession) sendBindingRequest() error {
+// sendBindingRequest sends a connectivity check (or, once connected, a
+// consent check) to the server's address to.
+func (s *liteSession) sendBindingRequest(to netip.AddrPort) error {
 	m, err := stun.Build(stun.TransactionID, stun.BindingRequest,
 		stun.NewUsername(s.remoteUfrag+":"+s.localUfrag),
 		ice.AttrControlling(s.tieBreaker), ice.PriorityAttr(2130706431), ice.UseCandidate(),
@@ -465,7 +552,7 @@ func (s *liteSession) sendBindingRequest() error {
 	if s.nack != nil {
 		s.probe.Store(&stunProbe{id: m.TransactionID, sent: s.v.run.now()})
 	}
-	_, err = s.sock.WriteToUDPAddrPort(m.Raw, s.remote)
+	_, err = s.sock.WriteToUDPAddrPort(m.Raw, to)
 	return err
 }
 
@@ -478,7 +565,7 @@ func (s *liteSession) keepalive() {
 		case <-s.done:
 			return
 		case <-t.C:
-			_ = s.sendBindingRequest()
+			_ = s.sendBindingRequest(s.remote)
 		}
 	}
 }
@@ -533,6 +620,14 @@ func (s *liteSession) datagram(b []byte, from netip.AddrPort, now int64, dec []b
 		if err != nil {
 			return
 		}
+		if s.twcc != nil {
+			if x := hdr.GetExtension(s.twccID); len(x) >= 2 {
+				s.twcc.observe(binary.BigEndian.Uint16(x), now)
+				if s.twcc.due(now) {
+					s.sendFeedback(now)
+				}
+			}
+		}
 		payload, h := rtpPayload(out)
 		if payload == nil {
 			return
@@ -543,6 +638,8 @@ func (s *liteSession) datagram(b []byte, from netip.AddrPort, now int64, dec []b
 			if s.nack != nil {
 				s.videoSSRC = hdr.SSRC
 				s.recover(h.seq, now)
+			} else if s.videoSSRC == 0 {
+				s.videoSSRC = hdr.SSRC
 			}
 		case pt == s.audioPT:
 			s.v.packet(kindAudio, payload, h, now, false)
@@ -574,6 +671,28 @@ func (s *liteSession) recover(seq uint16, now int64) {
 	}
 }
 
+// sendFeedback sends the transport-wide feedback due, addressed to the
+// video's SSRC: the server reads it on the video's sender.
+func (s *liteSession) sendFeedback(now int64) {
+	ctx := s.srtcp.Load()
+	if ctx == nil || s.videoSSRC == 0 {
+		return // reported with the next one
+	}
+	fb := s.twcc.feedback(s.ssrc, s.videoSSRC, now)
+	if fb == nil {
+		return
+	}
+	raw, err := fb.Marshal()
+	if err != nil {
+		return
+	}
+	if s.rtcpBuf, err = ctx.EncryptRTCP(s.rtcpBuf[:0], raw, nil); err == nil {
+		if _, err := s.sock.WriteToUDPAddrPort(s.rtcpBuf, s.remote); err == nil {
+			s.feedback.Add(1)
+		}
+	}
+}
+
 func (s *liteSession) handleSTUN(b []byte, from netip.AddrPort) {
 	m := &stun.Message{Raw: bytes.Clone(b)}
 	if m.Decode() != nil {
@@ -588,7 +707,10 @@ func (s *liteSession) handleSTUN(b []byte, from netip.AddrPort) {
 			_, _ = s.sock.WriteToUDPAddrPort(res.Raw, from)
 		}
 	case stun.BindingSuccess:
-		s.iceOnce.Do(func() { close(s.iceOK) })
+		s.iceOnce.Do(func() {
+			s.remote = from
+			close(s.iceOK)
+		})
 		if p := s.probe.Load(); p != nil && p.id == m.TransactionID && s.probe.CompareAndSwap(p, nil) {
 			s.nack.rtt(s.v.run.now() - p.sent)
 		}

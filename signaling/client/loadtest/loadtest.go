@@ -74,8 +74,30 @@ type Config struct {
 	// JoinTimeout bounds one viewer's offer/answer and ICE (default 15 s).
 	JoinTimeout time.Duration
 	// PLIAnswer is how the publisher answers the server's keyframe
-	// requests (PLI, FIR); "" is PLIAnswerAll.
+	// requests (PLI, FIR); "" is PLIAnswerAll. With Simulcast each layer
+	// answers the requests for its own SSRC, with a throttle of its own.
 	PLIAnswer PLIAnswer
+	// Simulcast publishes the embedded layers (EmbeddedLayers) in one video
+	// m-line, as OBS's WHIP output does: rids "0", "1", "2" (a=simulcast:send
+	// 0;1;2), each with its own SSRC, sequence numbers and random timestamp
+	// base, all frames of one tick with the same capture time. Viewers'
+	// video loss is then counted from their sequence numbers (the server
+	// sends each viewer one layer at a time, one continuous track).
+	Simulcast bool
+	// TWCC makes viewers send transport-wide congestion control feedback
+	// (the server's bandwidth estimate for each viewer is made of it): lite
+	// viewers about every 100 ms, as Chrome does; pion viewers with pion's
+	// TWCC interceptor.
+	TWCC bool
+	// Netns, NetnsIP, NetnsViewers: NetnsViewers of the lite viewers (spread
+	// over the joins) open their UDP socket inside the existing network
+	// namespace Netns (/var/run/netns/NAME, as `ip netns add` makes it),
+	// bound to NetnsIP, and are reported as the group "constrained". Their
+	// HTTP signaling stays in this process's namespace. Linux, and
+	// CAP_SYS_ADMIN (root), only.
+	Netns        string
+	NetnsIP      string
+	NetnsViewers int
 }
 
 // PLIAnswer is how the tool's publisher answers keyframe requests.
@@ -157,20 +179,31 @@ const (
 )
 
 // payloadIndex maps the hash of each payload in the clip to its class (one
-// per distinct payload). Built before the run and never written again, so
-// viewers read it without locks.
+// per distinct payload), and each class to the simulcast layer it belongs
+// to. Built before the run and never written again, so viewers read it
+// without locks.
 type payloadIndex struct {
 	seed    maphash.Seed
 	classes map[uint64]int32
+	layers  []int8 // class -> video layer; noLayer for audio, or a payload two layers share
 }
 
-func (p *payloadIndex) add(payload []byte) int32 {
+// noLayer marks a class that tells no layer apart.
+const noLayer = -1
+
+// add indexes one payload of layer (noLayer for audio) and returns its
+// class.
+func (p *payloadIndex) add(payload []byte, layer int8) int32 {
 	h := maphash.Bytes(p.seed, payload)
 	if c, ok := p.classes[h]; ok {
+		if p.layers[c] != layer {
+			p.layers[c] = noLayer
+		}
 		return c
 	}
 	c := int32(len(p.classes))
 	p.classes[h] = c
+	p.layers = append(p.layers, layer)
 	return c
 }
 
@@ -193,13 +226,15 @@ func (l *sendLog) record(kind int, class int32, now int64) {
 }
 
 type run struct {
-	cfg   Config
-	start time.Time
-	clip  *Clip
-	index *payloadIndex // nil when watching only
-	log   *sendLog
-	video [][]int32 // class of each payload, per frame
-	audio []int32
+	cfg    Config
+	start  time.Time
+	clip   *Clip         // layer 0 and the audio
+	layers []*Clip       // the video of each simulcast layer, top first; just clip without simulcast
+	lowest int           // the layer with the lowest bitrate
+	index  *payloadIndex // nil when watching only
+	log    *sendLog
+	video  [][][]int32 // class of each payload, per layer, per frame
+	audio  []int32
 
 	localIP   netip.Addr // invalid: any
 	viewAPI   *webrtc.API
@@ -208,7 +243,8 @@ type run struct {
 	viewers   []*viewer
 
 	keyframes keyframeCounts
-	pli       chan struct{} // a keyframe request to answer at the next frame
+	pli       []chan struct{} // per layer: a keyframe request to answer at its next frame
+	netns     *netns          // where the constrained viewers' sockets are made, or nil
 
 	cueMu   sync.Mutex
 	cueSent []int64 // ns since start, by cue number
@@ -248,7 +284,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if _, err := ParsePLIAnswer(string(cfg.PLIAnswer)); err != nil {
 		return nil, err
 	}
-	r := &run{cfg: cfg, start: time.Now(), clip: cfg.Clip, pli: make(chan struct{}, 1)}
+	r := &run{cfg: cfg, start: time.Now(), clip: cfg.Clip}
 	switch {
 	case cfg.Loopback && cfg.LocalIP != "":
 		return nil, errors.New("load: loopback and a local IP: choose one")
@@ -262,8 +298,30 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.NACK && cfg.PionViewers {
 		return nil, errors.New("load: NACK is for lite viewers")
 	}
+	if cfg.Simulcast && cfg.Clip != nil {
+		return nil, errors.New("load: simulcast publishes the embedded layers, not a clip of your own")
+	}
+	if cfg.NetnsViewers != 0 || cfg.Netns != "" || cfg.NetnsIP != "" {
+		ip, err := netip.ParseAddr(cfg.NetnsIP)
+		switch {
+		case cfg.Netns == "" || cfg.NetnsViewers <= 0:
+			return nil, errors.New("load: a network namespace needs its name, its address and a number of viewers in it")
+		case err != nil || !ip.Is4():
+			return nil, fmt.Errorf("load: namespace address %q is not an IPv4 address", cfg.NetnsIP)
+		case cfg.NetnsViewers > cfg.Viewers:
+			return nil, fmt.Errorf("load: %d viewers in the namespace, of %d", cfg.NetnsViewers, cfg.Viewers)
+		case cfg.PionViewers:
+			return nil, errors.New("load: viewers in a network namespace are lite viewers")
+		case cfg.Loopback:
+			return nil, errors.New("load: a network namespace does not reach this one's loopback: use -local-ip")
+		}
+		if r.netns, err = openNetns(cfg.Netns, ip); err != nil {
+			return nil, err
+		}
+		defer r.netns.close()
+	}
 	if cfg.PionViewers {
-		if r.viewAPI, err = viewerAPI(r.localIP); err != nil {
+		if r.viewAPI, err = viewerAPI(r.localIP, cfg.TWCC); err != nil {
 			return nil, err
 		}
 	} else if r.lite, err = newLiteIdentity(); err != nil {
@@ -275,23 +333,43 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	defer stopPub()
 	var pubDone sync.WaitGroup
 	if cfg.Key != "" {
-		if r.clip == nil {
+		switch {
+		case cfg.Simulcast:
+			if r.layers, err = EmbeddedLayers(); err != nil {
+				return nil, err
+			}
+			r.clip = r.layers[0]
+		case r.clip == nil:
 			if r.clip, err = EmbeddedClip(); err != nil {
 				return nil, err
 			}
+			fallthrough
+		default:
+			r.layers = []*Clip{r.clip}
 		}
 		r.indexClip()
-		video, audio, err := r.tracks()
+		watch := &keyframeWatch{counts: &r.keyframes, now: r.now}
+		for range r.layers {
+			r.pli = append(r.pli, make(chan struct{}, 1))
+			watch.layers = append(watch.layers, keyframeLayer{pli: r.pli[len(r.pli)-1], throttle: &keyframeThrottle{mode: cfg.PLIAnswer}})
+		}
+		api, err := publisherAPI(r.localIP, watch, cfg.Simulcast)
 		if err != nil {
 			return nil, err
 		}
-		watch := &keyframeWatch{pli: r.pli, counts: &r.keyframes, throttle: &keyframeThrottle{mode: cfg.PLIAnswer}, now: r.now}
-		api, err := publisherAPI(r.localIP, watch)
-		if err != nil {
-			return nil, err
-		}
+		endpoint := cfg.Server + "/whip/" + url.PathEscape(cfg.Stream)
 		jctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
-		pub, err = client.Publish(jctx, api, cfg.Server+"/whip/"+url.PathEscape(cfg.Stream), cfg.Key, video, audio)
+		var video []*layerOut
+		var audio *webrtc.TrackLocalStaticRTP
+		if cfg.Simulcast {
+			pub, video, audio, err = r.publishSimulcast(jctx, api, endpoint, watch)
+		} else {
+			var v *webrtc.TrackLocalStaticRTP
+			if v, audio, err = r.tracks(); err == nil {
+				video = []*layerOut{{track: v}}
+				pub, err = client.Publish(jctx, api, endpoint, cfg.Key, v, audio)
+			}
+		}
 		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("load: publish: %w", err)
@@ -379,13 +457,20 @@ func settings(local netip.Addr) webrtc.SettingEngine {
 	return s
 }
 
-// viewerAPI has the codecs and nothing else: no NACK, no reports, no TWCC.
-// A load viewer only counts what arrives; every interceptor would be work
-// per packet the server does not have, and lost packets are what it measures.
-func viewerAPI(local netip.Addr) (*webrtc.API, error) {
+// viewerAPI has the codecs and nothing else: no NACK, no reports, and TWCC
+// only when asked for (the server's bandwidth estimate needs it). A load
+// viewer only counts what arrives; every interceptor would be work per
+// packet the server does not have, and lost packets are what it measures.
+func viewerAPI(local netip.Addr, twcc bool) (*webrtc.API, error) {
 	m := &webrtc.MediaEngine{}
 	if err := m.RegisterDefaultCodecs(); err != nil {
 		return nil, err
+	}
+	reg := &interceptor.Registry{}
+	if twcc {
+		if err := webrtc.ConfigureTWCCSender(m, reg); err != nil {
+			return nil, err
+		}
 	}
 	s := settings(local)
 	s.DisableMediaEngineCopy(true) // one engine for all viewers: they never renegotiate
@@ -394,15 +479,21 @@ func viewerAPI(local netip.Addr) (*webrtc.API, error) {
 	s.DisableSRTPReplayProtection(true)
 	s.DisableSRTCPReplayProtection(true)
 	return webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithSettingEngine(s),
-		webrtc.WithInterceptorRegistry(&interceptor.Registry{})), nil
+		webrtc.WithInterceptorRegistry(reg)), nil
 }
 
 // publisherAPI is a browser-like sender (NACK responder, reports, TWCC) that
-// also tells the send loop when to answer the server's keyframe requests.
-func publisherAPI(local netip.Addr, watch *keyframeWatch) (*webrtc.API, error) {
+// also tells the send loop when to answer the server's keyframe requests;
+// with simulcast it has the mid and rid header extensions too.
+func publisherAPI(local netip.Addr, watch *keyframeWatch, simulcast bool) (*webrtc.API, error) {
 	m := &webrtc.MediaEngine{}
 	if err := m.RegisterDefaultCodecs(); err != nil {
 		return nil, err
+	}
+	if simulcast {
+		if err := webrtc.ConfigureSimulcastExtensionHeaders(m); err != nil {
+			return nil, err
+		}
 	}
 	reg := &interceptor.Registry{}
 	if err := webrtc.RegisterDefaultInterceptors(m, reg); err != nil {
@@ -415,13 +506,44 @@ func publisherAPI(local netip.Addr, watch *keyframeWatch) (*webrtc.API, error) {
 
 // keyframeWatch is an interceptor (and its own factory: the publisher has
 // one peer connection) that counts PLI and FIR from the server and signals
-// those its throttle answers.
+// those its layer's throttle answers to that layer's send loop.
 type keyframeWatch struct {
 	interceptor.NoOp
+	layers []keyframeLayer
+	// ssrcs is the layer of each video SSRC (simulcast). Nil: every
+	// request is for layer 0, whatever its SSRC.
+	ssrcs  atomic.Pointer[map[uint32]int]
+	counts *keyframeCounts
+	now    func() int64
+}
+
+// keyframeLayer is one layer's answer to keyframe requests.
+type keyframeLayer struct {
 	pli      chan struct{}
-	counts   *keyframeCounts
 	throttle *keyframeThrottle
-	now      func() int64
+}
+
+// layerOf is the layer a keyframe request is for, or -1 for an SSRC that is
+// no layer's.
+func (k *keyframeWatch) layerOf(p rtcp.Packet) int {
+	m := k.ssrcs.Load()
+	if m == nil {
+		return 0
+	}
+	var ssrc uint32
+	switch p := p.(type) {
+	case *rtcp.PictureLossIndication:
+		ssrc = p.MediaSSRC
+	case *rtcp.FullIntraRequest:
+		ssrc = p.MediaSSRC
+		if len(p.FIR) > 0 {
+			ssrc = p.FIR[0].SSRC
+		}
+	}
+	if l, ok := (*m)[ssrc]; ok {
+		return l
+	}
+	return -1
 }
 
 func (k *keyframeWatch) NewInterceptor(string) (interceptor.Interceptor, error) { return k, nil }
@@ -440,12 +562,13 @@ func (k *keyframeWatch) BindRTCPReader(r interceptor.RTCPReader) interceptor.RTC
 			switch p.(type) {
 			case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
 				k.counts.reached.Add(1)
-				if !k.throttle.answer(k.now()) {
+				l := k.layerOf(p)
+				if l < 0 || l >= len(k.layers) || !k.layers[l].throttle.answer(k.now()) {
 					continue
 				}
 				k.counts.answered.Add(1)
 				select {
-				case k.pli <- struct{}{}:
+				case k.layers[l].pli <- struct{}{}:
 				default: // one is pending: the same keyframe answers both
 				}
 			}
@@ -454,19 +577,28 @@ func (k *keyframeWatch) BindRTCPReader(r interceptor.RTCPReader) interceptor.RTC
 	})
 }
 
-// indexClip hashes every payload of the clip so viewers can tell what they
-// got and when it was sent.
+// indexClip hashes every payload of every layer and of the audio so viewers
+// can tell what they got, from which layer, and when it was sent.
 func (r *run) indexClip() {
+	if r.layers == nil {
+		r.layers = []*Clip{r.clip}
+	}
 	r.index = &payloadIndex{seed: maphash.MakeSeed(), classes: map[uint64]int32{}}
-	for _, f := range r.clip.Frames {
-		cls := make([]int32, len(f.Payloads))
-		for i, p := range f.Payloads {
-			cls[i] = r.index.add(p)
+	r.video = make([][][]int32, len(r.layers))
+	for l, c := range r.layers {
+		for _, f := range c.Frames {
+			cls := make([]int32, len(f.Payloads))
+			for i, p := range f.Payloads {
+				cls[i] = r.index.add(p, int8(l))
+			}
+			r.video[l] = append(r.video[l], cls)
 		}
-		r.video = append(r.video, cls)
+		if c.bytesPerSecond() < r.layers[r.lowest].bytesPerSecond() {
+			r.lowest = l
+		}
 	}
 	for _, p := range r.clip.Audio {
-		r.audio = append(r.audio, r.index.add(p))
+		r.audio = append(r.audio, r.index.add(p, noLayer))
 	}
 	r.log = &sendLog{last: make([]atomic.Uint64, len(r.index.classes))}
 }
@@ -483,46 +615,65 @@ func (r *run) tracks() (video, audio *webrtc.TrackLocalStaticRTP, err error) {
 	return video, audio, err
 }
 
-// sendVideo plays the clip's frames in a loop at its frame rate, with
-// timestamps and sequence numbers that keep increasing. An answered keyframe
-// request skips ahead to the clip's next keyframe, as an encoder would make
-// one.
-func (r *run) sendVideo(ctx context.Context, track *webrtc.TrackLocalStaticRTP) {
-	frames := r.clip.Frames
+// layerOut is one video layer as the send loop writes it: its track, its
+// packet (the header reused, with the mid and rid extensions of a simulcast
+// layer), its own timestamp base and sequence numbers, its place in its
+// clip.
+type layerOut struct {
+	track *webrtc.TrackLocalStaticRTP
+	pkt   rtp.Packet
+	base  uint32
+	seq   uint16
+	frame int
+}
+
+// sendVideo plays each layer's frames in a loop at the clip's frame rate,
+// with timestamps and sequence numbers that keep increasing; the frames of
+// all layers sent on one tick have the same capture time (each on its
+// layer's timestamp base). An answered keyframe request for a layer skips
+// that layer ahead to its clip's next keyframe, as an encoder would make one.
+func (r *run) sendVideo(ctx context.Context, layers []*layerOut) {
 	tick := time.NewTicker(time.Second / time.Duration(r.clip.FPS))
 	defer tick.Stop()
 	step := uint32(90000 / r.clip.FPS)
-	var ts uint32
-	var seq uint16
-	pkt := rtp.Packet{Header: rtp.Header{Version: 2}}
 	var perByte time.Duration // pacing: time one payload byte takes at the paced rate
 	if r.cfg.Pace > 0 {
-		perByte = time.Duration(float64(time.Second) / (r.cfg.Pace * r.clip.bytesPerSecond()))
+		var rate float64
+		for _, c := range r.layers {
+			rate += c.bytesPerSecond()
+		}
+		perByte = time.Duration(float64(time.Second) / (r.cfg.Pace * rate))
+	}
+	for _, o := range layers {
+		o.pkt.Version = 2
 	}
 	var departure time.Time
-	for i := 0; ; i = (i + 1) % len(frames) {
-		select {
-		case <-r.pli:
-			r.keyframes.made.Add(1)
-			for j := 0; j < len(frames) && !frames[i].Key; j++ {
-				i = (i + 1) % len(frames)
-			}
-		default:
-		}
-		f := frames[i]
-		for j, p := range f.Payloads {
-			if perByte > 0 {
-				if wait := time.Until(departure); wait > 0 {
-					time.Sleep(wait)
+	for n := uint32(0); ; n++ {
+		for l, o := range layers {
+			frames := r.layers[l].Frames
+			select {
+			case <-r.pli[l]:
+				r.keyframes.made.Add(1)
+				for j := 0; j < len(frames) && !frames[o.frame].Key; j++ {
+					o.frame = (o.frame + 1) % len(frames)
 				}
-				departure = later(departure, time.Now()).Add(perByte * time.Duration(len(p)))
+			default:
 			}
-			pkt.Timestamp, pkt.SequenceNumber, pkt.Marker, pkt.Payload = ts, seq, j == len(f.Payloads)-1, p
-			seq++
-			r.log.record(kindVideo, r.video[i][j], r.now())
-			_ = track.WriteRTP(&pkt)
+			f := frames[o.frame]
+			for j, p := range f.Payloads {
+				if perByte > 0 {
+					if wait := time.Until(departure); wait > 0 {
+						time.Sleep(wait)
+					}
+					departure = later(departure, time.Now()).Add(perByte * time.Duration(len(p)))
+				}
+				o.pkt.Timestamp, o.pkt.SequenceNumber, o.pkt.Marker, o.pkt.Payload = o.base+n*step, o.seq, j == len(f.Payloads)-1, p
+				o.seq++
+				r.log.record(kindVideo, r.video[l][o.frame][j], r.now())
+				_ = o.track.WriteRTP(&o.pkt)
+			}
+			o.frame = (o.frame + 1) % len(frames)
 		}
-		ts += step
 		select {
 		case <-ctx.Done():
 			return
@@ -633,6 +784,9 @@ func (r *run) join(ctx context.Context) {
 		}
 		next = next.Add(every)
 		v := &viewer{id: i, run: r}
+		if n := r.cfg.NetnsViewers; r.netns != nil && (i+1)*n/r.cfg.Viewers > i*n/r.cfg.Viewers {
+			v.group = groupConstrained // spread over the joins: with 12 and 3, viewers 3, 7 and 11
+		}
 		r.viewersMu.Lock()
 		r.viewers = append(r.viewers, v)
 		r.viewersMu.Unlock()
@@ -681,7 +835,7 @@ func (r *run) reportProgress(ctx context.Context, phase *atomic.Value) {
 			// flight are not lost yet.
 			for k := range v.kinds {
 				recv += v.kinds[k].received.Load()
-				expected += v.kinds[k].seqSpan.Load()
+				expected += v.kinds[k].seqSpan.Load() - v.kinds[k].padding.Load()
 			}
 		}
 		if r.log != nil {

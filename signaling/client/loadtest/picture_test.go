@@ -161,7 +161,7 @@ func simulate(t *testing.T, burst []int, live int, burstAt, delay time.Duration)
 		fr := r.clip.Frames[e.f%len(r.clip.Frames)]
 		for j, p := range fr.Payloads {
 			if !e.deliver {
-				r.log.record(kindVideo, r.video[e.f%len(r.clip.Frames)][j], e.at)
+				r.log.record(kindVideo, r.video[0][e.f%len(r.clip.Frames)][j], e.at)
 				continue
 			}
 			v.packet(kindVideo, p, rtpHead{seq: seq, ts: e.ts, marker: j == len(fr.Payloads)-1}, e.at, true)
@@ -248,7 +248,7 @@ func TestPacketAllocs(t *testing.T) {
 	allocs := testing.AllocsPerRun(2000, func() {
 		fr := r.clip.Frames[f%60]
 		for j, p := range fr.Payloads {
-			r.log.record(kindVideo, r.video[f%60][j], int64(f)*int64(time.Millisecond))
+			r.log.record(kindVideo, r.video[0][f%60][j], int64(f)*int64(time.Millisecond))
 			v.packet(kindVideo, p, rtpHead{seq: seq, ts: uint32(f) * 3000, marker: j == len(fr.Payloads)-1}, int64(f)*int64(time.Millisecond)+1, true)
 			seq++
 		}
@@ -259,5 +259,40 @@ func TestPacketAllocs(t *testing.T) {
 	}
 	if !v.kinds[kindVideo].pic.done || !v.kinds[kindVideo].behindSampled {
 		t.Error("the run did not reach a decodable frame and a behind-live sample")
+	}
+}
+
+// TestPaddingPackets: a packet of padding alone (what the server sends on
+// a viewer's audio at the end of each probe step) takes a sequence number
+// and carries nothing: it is neither a gap, nor a received packet, nor a
+// foreign payload.
+func TestPaddingPackets(t *testing.T) {
+	for _, publishing := range []bool{false, true} {
+		r := &run{clip: testClip()}
+		if publishing {
+			r.indexClip()
+		}
+		v := &viewer{run: r}
+		v.state.Store(joinOK)
+		r.viewers = []*viewer{v}
+		seq := uint16(65534)
+		for f := range 6 {
+			fr := r.clip.Frames[f]
+			for j, p := range fr.Payloads {
+				if publishing {
+					r.log.record(kindVideo, r.video[0][f][j], int64(f))
+				}
+				v.packet(kindVideo, p, rtpHead{seq: seq, marker: j == len(fr.Payloads)-1}, int64(f)+1, true)
+				seq++
+			}
+			v.packet(kindVideo, []byte{}, rtpHead{seq: seq}, int64(f)+1, true) // padding
+			v.packet(kindVideo, []byte{}, rtpHead{seq: seq}, int64(f)+1, true) // the same again
+			seq++
+		}
+		vr := r.report().Viewers[0]
+		if vr.Received.Video != 9 || vr.Expected.Video != 9 || vr.Foreign != 0 || vr.Duplicates != 0 {
+			t.Errorf("publishing %v: received %d of %d expected, %d foreign, %d duplicates; want 9 of 9, none",
+				publishing, vr.Received.Video, vr.Expected.Video, vr.Foreign, vr.Duplicates)
+		}
 	}
 }

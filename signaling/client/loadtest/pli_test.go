@@ -57,7 +57,8 @@ func TestKeyframeWatch(t *testing.T) {
 	} {
 		var now int64
 		var counts keyframeCounts
-		w := &keyframeWatch{pli: make(chan struct{}, 1), counts: &counts, throttle: &keyframeThrottle{mode: c.mode}, now: func() int64 { return now }}
+		w := &keyframeWatch{layers: []keyframeLayer{{pli: make(chan struct{}, 1), throttle: &keyframeThrottle{mode: c.mode}}},
+			counts: &counts, now: func() int64 { return now }}
 		var next []byte
 		reader := w.BindRTCPReader(interceptor.RTCPReaderFunc(func(b []byte, a interceptor.Attributes) (int, interceptor.Attributes, error) {
 			return copy(b, next), a, nil
@@ -65,7 +66,7 @@ func TestKeyframeWatch(t *testing.T) {
 		signals := uint64(0)
 		frame := func() { // the send loop's check before each frame
 			select {
-			case <-w.pli:
+			case <-w.layers[0].pli:
 				signals++
 			default:
 			}
@@ -89,5 +90,61 @@ func TestKeyframeWatch(t *testing.T) {
 			t.Errorf("%s: %d requests reached, %d answered, %d keyframes signalled; want 4, %d, %d",
 				c.mode, counts.reached.Load(), counts.answered.Load(), signals, c.answered, c.signals)
 		}
+	}
+}
+
+// TestKeyframeWatchLayers: with simulcast each keyframe request goes to the
+// layer whose SSRC it names (a PLI's media SSRC, a FIR entry's SSRC), each
+// layer with its own throttle; a request for an SSRC that is no layer's is
+// counted and not answered.
+func TestKeyframeWatchLayers(t *testing.T) {
+	var now int64
+	var counts keyframeCounts
+	w := &keyframeWatch{counts: &counts, now: func() int64 { return now }}
+	for range 3 {
+		w.layers = append(w.layers, keyframeLayer{pli: make(chan struct{}, 1), throttle: &keyframeThrottle{mode: PLIAnswer1s}})
+	}
+	w.ssrcs.Store(&map[uint32]int{100: 0, 200: 1, 300: 2})
+	var next []byte
+	reader := w.BindRTCPReader(interceptor.RTCPReaderFunc(func(b []byte, a interceptor.Attributes) (int, interceptor.Attributes, error) {
+		return copy(b, next), a, nil
+	}))
+	buf := make([]byte, 1500)
+	send := func(at time.Duration, p rtcp.Packet) {
+		t.Helper()
+		raw, err := rtcp.Marshal([]rtcp.Packet{p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		now, next = int64(at), raw
+		if _, _, err := reader.Read(buf, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	signalled := func() [3]bool {
+		var got [3]bool
+		for l := range w.layers {
+			select {
+			case <-w.layers[l].pli:
+				got[l] = true
+			default:
+			}
+		}
+		return got
+	}
+	send(0, &rtcp.PictureLossIndication{MediaSSRC: 300})
+	send(10*time.Millisecond, &rtcp.FullIntraRequest{FIR: []rtcp.FIREntry{{SSRC: 200}}})
+	send(20*time.Millisecond, &rtcp.PictureLossIndication{MediaSSRC: 999})
+	if got := signalled(); got != [3]bool{false, true, true} {
+		t.Errorf("layers signalled %v, want layers 1 and 2", got)
+	}
+	// Layer 2 answered 0.5 s ago: its throttle drops this; layer 0 has its own.
+	send(500*time.Millisecond, &rtcp.PictureLossIndication{MediaSSRC: 300})
+	send(510*time.Millisecond, &rtcp.PictureLossIndication{MediaSSRC: 100})
+	if got := signalled(); got != [3]bool{true, false, false} {
+		t.Errorf("layers signalled %v, want layer 0 only", got)
+	}
+	if counts.reached.Load() != 5 || counts.answered.Load() != 3 {
+		t.Errorf("%d requests reached, %d answered; want 5 and 3", counts.reached.Load(), counts.answered.Load())
 	}
 }

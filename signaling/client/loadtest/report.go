@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/bits"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -60,10 +61,45 @@ type Report struct {
 
 	Overlay Overlay `json:"overlay"`
 
+	// Layers are the video layers the publisher sent, top first: one, or
+	// the simulcast layers (Config.Simulcast); Lowest is the one with the
+	// lowest bitrate.
+	Layers []LayerInfo `json:"layers,omitempty"`
+	Lowest int         `json:"lowest_layer"`
+	// Groups are the viewers by group: "unconstrained", and "constrained"
+	// (those in Config.Netns) when there are any.
+	Groups []Group `json:"groups"`
+
 	ServerCPU CPU `json:"server_cpu"`
 	ToolCPU   CPU `json:"tool_cpu"`
 
 	Viewers []ViewerReport `json:"per_viewer"`
+}
+
+// LayerInfo is one video layer the publisher sent.
+type LayerInfo struct {
+	RID  string  `json:"rid,omitempty"` // simulcast only
+	Kbps float64 `json:"video_kbps"`    // the clip's payload bitrate
+}
+
+// Group is one group of viewers: those that joined (the figures are
+// theirs) and those that failed to.
+type Group struct {
+	Name        string `json:"name"`
+	Viewers     int    `json:"viewers"`
+	Failed      int    `json:"viewers_failed"`
+	Loss        Spread `json:"loss_per_viewer"`
+	BelowTarget int    `json:"viewers_below_99"`
+	// OnLayer counts the viewers by the layer of the last video payload
+	// each received (index: layer, as Report.Layers; publishing only);
+	// NoLayer those that received none.
+	OnLayer []int `json:"viewers_per_layer,omitempty"`
+	NoLayer int   `json:"viewers_without_layer"`
+	// Switches is the layer changes each viewer saw in its video.
+	Switches Spread `json:"layer_switches_per_viewer"`
+	// ToLowest is, for the viewers that got the lowest layer at all, the
+	// time from the offer to its first packet.
+	ToLowest Spread `json:"join_to_lowest_layer_ms"`
 }
 
 // Packets counts RTP packets by kind.
@@ -116,6 +152,7 @@ type CPU struct {
 // ViewerReport is one viewer's result.
 type ViewerReport struct {
 	ID       int     `json:"id"`
+	Group    string  `json:"group"`
 	Error    string  `json:"error,omitempty"`
 	Received Packets `json:"received"`
 	Expected Packets `json:"expected"`
@@ -135,6 +172,15 @@ type ViewerReport struct {
 	Recovered  uint64  `json:"nack_recovered,omitempty"`
 	Duplicates uint64  `json:"duplicates,omitempty"`
 	RTTMS      float64 `json:"rtt_ms,omitempty"`
+	// Layer is the video layer of the last payload received (-1: none, or
+	// watching only), Switches how often it changed, LowestMS the offer to
+	// the first packet of the lowest layer (-1: none).
+	Layer    int     `json:"layer"`
+	Switches int     `json:"layer_switches"`
+	LowestMS float64 `json:"join_to_lowest_layer_ms"`
+	// Feedback is the transport-wide feedback reports a lite viewer sent
+	// (Config.TWCC).
+	Feedback uint64 `json:"twcc_feedback,omitempty"`
 }
 
 // Delivery is received/expected over both kinds: 0 when nothing arrived.
@@ -274,6 +320,33 @@ func (r *Report) WriteTable(w io.Writer) error {
 		row("overlay cue lag", "p50 %.1f ms  p99 %.1f ms  max %.1f ms (%d cues, %d arrivals)", r.Overlay.Lag.P50, r.Overlay.Lag.P99, r.Overlay.Lag.Max, r.Overlay.CuesPosted, r.Overlay.Lag.N)
 	default:
 		row("overlay", "%d messages (no cues posted: needs -key)", r.Overlay.Messages)
+	}
+	if len(r.Layers) > 1 {
+		var ls []string
+		for _, l := range r.Layers {
+			ls = append(ls, fmt.Sprintf("%s %.0f kbit/s", l.RID, l.Kbps))
+		}
+		row("simulcast layers", "%s (lowest: %s)", strings.Join(ls, ", "), r.Layers[r.Lowest].RID)
+	}
+	if len(r.Layers) > 1 || len(r.Groups) > 1 {
+		for _, g := range r.Groups {
+			row("group "+g.Name, "%d viewers (%d failed), loss p50 %.3f%%  max %.3f%%, %d below 99%%", g.Viewers, g.Failed, 100*g.Loss.P50, 100*g.Loss.Max, g.BelowTarget)
+			if len(g.OnLayer) > 0 {
+				var on []string
+				for l, n := range g.OnLayer {
+					name := r.Layers[l].RID
+					if name == "" {
+						name = strconv.Itoa(l)
+					}
+					on = append(on, fmt.Sprintf("%s: %d", name, n))
+				}
+				row("  layer at the end", "%s, none: %d;  switches per viewer p50 %.0f  max %.0f",
+					strings.Join(on, "  "), g.NoLayer, g.Switches.P50, g.Switches.Max)
+			}
+			if g.Name == groupNames[groupConstrained] || g.ToLowest.N > 0 {
+				row("  join to lowest layer", "p50 %.0f ms  p95 %.0f ms  (%d of %d viewers got it)", g.ToLowest.P50, g.ToLowest.P95, g.ToLowest.N, g.Viewers)
+			}
+		}
 	}
 	cpu := func(name string, c CPU, what string) {
 		if c.Error != "" {

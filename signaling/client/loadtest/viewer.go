@@ -20,11 +20,21 @@ const (
 	joinFailed
 )
 
+// Viewer groups: viewers on this machine's network, and viewers whose
+// socket is in Config.Netns.
+const (
+	groupUnconstrained = iota
+	groupConstrained
+)
+
+var groupNames = [...]string{"unconstrained", "constrained"}
+
 // viewer is one WHEP session of the run. Its reader goroutines own the
 // per-kind stats; what progress reads while they run is atomic.
 type viewer struct {
-	id  int
-	run *run
+	id    int
+	run   *run
+	group int // groupUnconstrained, or groupConstrained: its socket is in Config.Netns
 
 	joinAt     int64  // ns since run start: when the offer was made
 	sentAtJoin uint64 // packets the publisher had sent then
@@ -51,6 +61,7 @@ type kindStats struct {
 	received atomic.Uint64 // distinct packets
 	firstOrd atomic.Uint64 // publisher's ordinal of the first packet, 0: none
 	seqSpan  atomic.Uint64 // highest - first extended sequence number + 1
+	padding  atomic.Uint64 // distinct packets of padding alone: numbered, no media
 
 	foreign          uint64
 	duplicates       uint64 // packets that came twice (a retransmission and the original)
@@ -71,6 +82,13 @@ type kindStats struct {
 	newestSent    int64
 	behind        int64
 	behindSampled bool
+
+	// Simulcast (video, publishing only): 1 + the layer of the newest
+	// payload that told one (0: none yet), how often it changed, and when
+	// the first payload of the run's lowest layer came (0: none).
+	layer    int
+	switches int
+	lowestAt int64
 }
 
 // seqWindow is how far back (in sequence numbers) a late packet is still
@@ -130,10 +148,14 @@ func (k *kindStats) mark(i uint64) bool {
 // expected is how many packets of kind k the viewer should have had: what
 // the publisher sent from the viewer's first packet on, or, watching only,
 // the span of sequence numbers seen.
+//
+// With simulcast a viewer's video is one layer at a time, of the three the
+// publisher sends: its sequence numbers (continuous across switches, as
+// the server rewrites them) say what it should have had.
 func (v *viewer) expected(k int) uint64 {
 	ks := &v.kinds[k]
-	if v.run.log == nil {
-		return ks.seqSpan.Load()
+	if v.run.log == nil || k == kindVideo && len(v.run.layers) > 1 {
+		return ks.seqSpan.Load() - ks.padding.Load()
 	}
 	first := ks.firstOrd.Load()
 	if first == 0 {
@@ -270,6 +292,15 @@ const behindAfter = int64(2 * time.Second)
 func (v *viewer) packet(k int, payload []byte, h rtpHead, now int64, h264 bool) {
 	ks := &v.kinds[k]
 	ext, fresh := ks.seq(h.seq)
+	if len(payload) == 0 {
+		// Padding alone (the server ends each step of a bandwidth probe
+		// with one on the audio track): it takes a sequence number, so it
+		// is no gap, but it is no media the publisher sent either.
+		if fresh {
+			ks.padding.Add(1)
+		}
+		return
+	}
 	if !fresh {
 		ks.duplicates++
 		return
@@ -301,6 +332,11 @@ func (v *viewer) packet(k int, payload []byte, h rtpHead, now int64, h264 bool) 
 		ks.foreign++
 		return
 	}
+	if k == kindVideo && ext == ks.seqMax {
+		// Only packets in order: a retransmission of the layer left is
+		// not a switch back.
+		v.layerOf(ks, cls, now)
+	}
 	log := v.run.log
 	o := log.last[cls].Load()
 	if ks.firstOrd.Load() == 0 {
@@ -325,6 +361,62 @@ func (v *viewer) packet(k int, payload []byte, h rtpHead, now int64, h264 bool) 
 			ks.behind = max(0, log.newest[kindVideo].Load()-ks.newestSent)
 		}
 	}
+}
+
+// layerOf follows the simulcast layer of the viewer's video from the
+// class of a payload that just arrived.
+func (v *viewer) layerOf(ks *kindStats, cls int32, now int64) {
+	l := int(v.run.index.layers[cls])
+	if l == noLayer || l+1 == ks.layer {
+		return
+	}
+	if ks.layer != 0 {
+		ks.switches++
+	}
+	ks.layer = l + 1
+	if l == v.run.lowest && ks.lowestAt == 0 {
+		ks.lowestAt = now
+	}
+}
+
+// groupStats gathers one group's viewers for its Group.
+type groupStats struct {
+	failed                int
+	viewers               []ViewerReport
+	losses, switches, low []float64
+}
+
+func (g *groupStats) add(vr ViewerReport) {
+	g.viewers = append(g.viewers, vr)
+	g.losses = append(g.losses, vr.Loss)
+	g.switches = append(g.switches, float64(vr.Switches))
+	if vr.LowestMS >= 0 {
+		g.low = append(g.low, vr.LowestMS)
+	}
+}
+
+func (g *groupStats) group(name string, layers int) Group {
+	out := Group{Name: name, Viewers: len(g.viewers), Failed: g.failed, Loss: spreadOf(g.losses), Switches: spreadOf(g.switches), ToLowest: spreadOf(g.low)}
+	if layers > 0 {
+		out.OnLayer = make([]int, layers)
+	}
+	for _, v := range g.viewers {
+		if v.Delivery() < 0.99 {
+			out.BelowTarget++
+		}
+		if v.Layer >= 0 && v.Layer < layers {
+			out.OnLayer[v.Layer]++
+		} else {
+			out.NoLayer++
+		}
+	}
+	return out
+}
+
+func (v *viewer) liteSession() *liteSession {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.lite
 }
 
 // nackState is the lite viewer's loss recovery, nil without one.
@@ -369,8 +461,29 @@ func (r *run) report() *Report {
 	if r.cfg.NACK {
 		rep.Recovery = &Recovery{}
 	}
+	if r.log != nil {
+		for l, c := range r.layers {
+			info := LayerInfo{Kbps: c.bytesPerSecond() * 8 / 1000}
+			if len(r.layers) > 1 {
+				info.RID = LayerRIDs[l]
+			}
+			rep.Layers = append(rep.Layers, info)
+		}
+		rep.Lowest = r.lowest
+	}
+	groups := make([]groupStats, len(groupNames))
 	for _, v := range r.viewers {
-		vr := ViewerReport{ID: v.id, FirstMS: -1, KeyMS: -1, DecodableMS: -1, BehindMS: -1, Channel: v.channel.Load(), Overlay: v.overlay.Load()}
+		vr := ViewerReport{ID: v.id, Group: groupNames[v.group], FirstMS: -1, KeyMS: -1, DecodableMS: -1, BehindMS: -1, LowestMS: -1,
+			Channel: v.channel.Load(), Overlay: v.overlay.Load()}
+		g := &groups[v.group]
+		ks := &v.kinds[kindVideo]
+		vr.Layer, vr.Switches = ks.layer-1, ks.switches
+		if ks.lowestAt != 0 {
+			vr.LowestMS = ms(time.Duration(ks.lowestAt - v.joinAt))
+		}
+		if lite := v.liteSession(); lite != nil {
+			vr.Feedback = lite.feedback.Load()
+		}
 		rep.Overlay.Messages += vr.Overlay
 		if vr.Channel {
 			rep.Channels++
@@ -424,8 +537,10 @@ func (r *run) report() *Report {
 			if vr.Delivery() < 0.99 {
 				rep.BelowTarget++
 			}
+			g.add(vr)
 		case joinFailed:
 			rep.Failed++
+			g.failed++
 			vr.Error = v.err.Error()
 			if len(rep.Errors) < 5 {
 				rep.Errors = append(rep.Errors, fmt.Sprintf("viewer %d: %s", v.id, vr.Error))
@@ -439,6 +554,11 @@ func (r *run) report() *Report {
 		rep.Viewers = append(rep.Viewers, vr)
 	}
 	rep.Loss = spreadOf(losses)
+	for i, g := range groups {
+		if i == groupUnconstrained || r.netns != nil {
+			rep.Groups = append(rep.Groups, g.group(groupNames[i], len(rep.Layers)))
+		}
+	}
 	if rep.Recovery != nil {
 		rep.Recovery.RTT = spreadOf(rtts)
 	}
