@@ -209,6 +209,9 @@ func (d *DownTrack) decide(now time.Time, force bool) *Track {
 			break
 		}
 		rates[i], n = t.PeakBitrate(), i+1
+		if rates[i] < 0 {
+			return nil // a layer not measured yet: it may be the best
+		}
 	}
 	if n < 2 {
 		return nil // a stream without simulcast

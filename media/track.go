@@ -53,10 +53,11 @@ type Track struct {
 	nacks, plis atomic.Uint64 // from viewers' RTCP
 
 	// bitrate is what the source sent over the last two seconds, in bit/s,
-	// and rateBytes the byte count it was measured from (sendReports
-	// measures it each second): the allocator ranks simulcast layers by it.
+	// and rateBytes/rateAt the byte counts and times it is measured from
+	// (sendReports measures it each second).
 	bitrate   atomic.Int64
 	rateBytes [2]uint64
+	rateAt    [2]time.Time
 	// peak is the highest bitrate of the last peakWindow measurements: what
 	// a viewer's link must carry for this layer, and a stable rank among
 	// layers whose rates wobble (a browser shifts bitrate between them).
@@ -609,15 +610,23 @@ func (t *Track) sendReports() {
 
 // measureRate updates bitrate, once a second.
 func (t *Track) measureRate() {
+	now := time.Now()
 	t.mu.Lock()
 	bytes := t.in.bytes
-	live := t.source != nil && time.Since(t.lastAt) < time.Second
+	live := t.source != nil && now.Sub(t.lastAt) < time.Second
 	t.mu.Unlock()
-	rate := int64(bytes-t.rateBytes[0]) * 8 / 2
-	if !live || t.rateBytes[0] == 0 {
-		rate = 0
+	// Over the last two seconds, or the last one in a track's first two.
+	from := 0
+	if t.rateAt[0].IsZero() {
+		from = 1
+	}
+	rate, known := int64(0), false
+	if live && !t.rateAt[from].IsZero() {
+		rate = int64(float64(bytes-t.rateBytes[from]) * 8 / now.Sub(t.rateAt[from]).Seconds())
+		known = true
 	}
 	t.rateBytes[0], t.rateBytes[1] = t.rateBytes[1], bytes
+	t.rateAt[0], t.rateAt[1] = t.rateAt[1], now
 	t.bitrate.Store(rate)
 	t.recent[t.rateN%peakWindow] = rate
 	t.rateN++
@@ -625,8 +634,11 @@ func (t *Track) measureRate() {
 	for _, r := range t.recent {
 		peak = max(peak, r)
 	}
-	if rate == 0 {
+	switch {
+	case !live:
 		peak = 0 // stopped: not a layer to send
+	case !known:
+		peak = -1 // sending, not measured yet
 	}
 	t.peak.Store(peak)
 }
@@ -634,8 +646,9 @@ func (t *Track) measureRate() {
 // peakWindow is how many seconds the peak bitrate covers.
 const peakWindow = 10
 
-// PeakBitrate is the highest bitrate of the last 10 s, 0 while the source
-// sends nothing.
+// PeakBitrate is the highest bitrate of the last 10 s: 0 while the source
+// sends nothing, -1 while it sends but has not been measured yet (its
+// first second).
 func (t *Track) PeakBitrate() int { return int(t.peak.Load()) }
 
 // Bitrate is what the source sends, in bit/s (0 when it does not).

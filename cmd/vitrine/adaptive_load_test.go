@@ -15,7 +15,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -238,21 +237,11 @@ func newShapedLink(t *testing.T, rate string) *shapedLink {
 // removeStale removes what a shaped link's test killed before its cleanup
 // left: namespaces whose test process is gone, and their veth pairs.
 func (l *shapedLink) removeStale() {
-	out, err := exec.Command("ip", "netns", "list").Output()
-	if err != nil {
-		return
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
-		pid, suffix, ok := strings.Cut(strings.TrimPrefix(name, shapedPrefix), "-")
-		n, err := strconv.Atoi(pid)
-		if !strings.HasPrefix(name, shapedPrefix) || !ok || err != nil || syscall.Kill(n, 0) != syscall.ESRCH {
-			continue
-		}
-		hostVeth, _ := shapedVeth(suffix)
+	for _, st := range staleNamespaces(shapedPrefix) {
+		hostVeth, _ := shapedVeth(st.suffix)
 		l.quiet("ip", "link", "del", hostVeth)
-		l.quiet("ip", "netns", "del", name)
-		l.t.Logf("removed %s and %s, left by test process %d", name, hostVeth, n)
+		l.quiet("ip", "netns", "del", st.name)
+		l.t.Logf("removed %s and %s, left by test process %d", st.name, hostVeth, st.pid)
 	}
 }
 

@@ -555,22 +555,38 @@ func linkTUN(suffix string) (host, ns string) {
 // binary's timeout ends it without one) left: namespaces whose test process
 // is gone, and their host-side TUN devices.
 func (l *impairedLink) removeStale() {
+	for _, st := range staleNamespaces(linkPrefix) {
+		hostTun, _ := linkTUN(st.suffix)
+		l.ipQuiet("netns", "del", st.name)
+		l.ipQuiet("link", "del", hostTun)
+		l.t.Logf("removed %s and %s, left by test process %d", st.name, hostTun, st.pid)
+	}
+}
+
+// staleNamespace is a test's network namespace whose test process is gone.
+type staleNamespace struct {
+	name, suffix string
+	pid          int
+}
+
+// staleNamespaces lists the namespaces named prefix, a test's pid, "-" and
+// a suffix, whose process no longer runs.
+func staleNamespaces(prefix string) []staleNamespace {
 	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
-		return
+		return nil
 	}
+	var stale []staleNamespace
 	for _, line := range strings.Split(string(out), "\n") {
 		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
-		pid, suffix, ok := strings.Cut(strings.TrimPrefix(name, linkPrefix), "-")
+		pid, suffix, ok := strings.Cut(strings.TrimPrefix(name, prefix), "-")
 		n, err := strconv.Atoi(pid)
-		if !strings.HasPrefix(name, linkPrefix) || !ok || err != nil || syscall.Kill(n, 0) != syscall.ESRCH {
+		if !strings.HasPrefix(name, prefix) || !ok || err != nil || syscall.Kill(n, 0) != syscall.ESRCH {
 			continue
 		}
-		hostTun, _ := linkTUN(suffix)
-		l.ipQuiet("netns", "del", name)
-		l.ipQuiet("link", "del", hostTun)
-		l.t.Logf("removed %s and %s, left by test process %d", name, hostTun, n)
+		stale = append(stale, staleNamespace{name: name, suffix: suffix, pid: n})
 	}
+	return stale
 }
 
 // freeLinkAddresses picks two addresses from 198.18.0.0/15 (set aside for
