@@ -78,7 +78,7 @@ type Stats struct {
 
 // Times are µs since the first time given to the estimator.
 const (
-	ringSize      = 2048   // 8 s at 2.5 Mbit/s: feedback comes within a round trip
+	ringSize      = 1024   // 4 s at 2.5 Mbit/s: feedback comes within a round trip and 100 ms
 	rateBucket    = 10_000 // µs; the 500 ms window is 50 of them
 	rateWindow    = 50
 	baseWindow    = 10 // 1 s buckets of the delay base
