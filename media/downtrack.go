@@ -389,6 +389,9 @@ func (d *DownTrack) readRTCP(sender *webrtc.RTPSender) {
 		if err != nil {
 			return
 		}
+		if d.transportFeedback(buf[:n]) {
+			continue // feedback alone, read without rtcp.Unmarshal's garbage
+		}
 		pkts, err := rtcp.Unmarshal(buf[:n])
 		if err != nil {
 			d.track.metrics.BadRTCP.Inc()
@@ -406,8 +409,6 @@ func (d *DownTrack) readRTCP(sender *webrtc.RTPSender) {
 						d.retransmit(seq)
 					}
 				}
-			case *rtcp.TransportLayerCC:
-				d.feedback(pkt)
 			case *rtcp.ReceiverReport:
 				for _, r := range pkt.Reports {
 					if r.SSRC == d.ssrc {

@@ -4,7 +4,6 @@ import (
 	"math"
 	"time"
 
-	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
@@ -283,10 +282,30 @@ func (d *DownTrack) tick(now time.Time) {
 	}
 }
 
-// feedback takes the viewer's transport-wide feedback, whichever of its
-// down-tracks it came on (Chrome addresses it to the SSRC of the last packet
-// it got).
-func (d *DownTrack) feedback(fb *rtcp.TransportLayerCC) {
+// transportFeedback hands the transport-wide feedback packets of an RTCP
+// compound to the estimator, from their bytes, and reports whether there
+// was nothing else in it.
+func (d *DownTrack) transportFeedback(b []byte) bool {
+	only := true
+	for len(b) >= 4 {
+		n := (int(b[2])<<8 | int(b[3]) + 1) * 4
+		if n > len(b) {
+			return false
+		}
+		if b[1] == 205 && b[0]&0x1f == 15 {
+			d.feedback(b[:n])
+		} else {
+			only = false
+		}
+		b = b[n:]
+	}
+	return only && len(b) == 0
+}
+
+// feedback takes one transport-wide feedback packet, whichever of the
+// viewer's down-tracks it came on (Chrome addresses it to the SSRC of the
+// last packet it got).
+func (d *DownTrack) feedback(fb []byte) {
 	if v := d.sim.video; v != nil {
 		v.feedback(fb)
 		return

@@ -57,6 +57,7 @@
 package bwe
 
 import (
+	"encoding/binary"
 	"sync"
 	"time"
 
@@ -328,8 +329,7 @@ func (e *Estimator) lookup(seq uint16) *entry {
 
 // walk is the state of reading one feedback packet.
 type walk struct {
-	deltas  []*rtcp.RecvDelta
-	di      int
+	deltas  []byte // the receive deltas still to read
 	seq     uint16
 	arr     int64 // µs, receiver clock
 	n, lost int   // newly reported, of which not received
@@ -337,16 +337,103 @@ type walk struct {
 	owdN    int64
 }
 
-// Feedback applies one TWCC feedback packet received at now.
-func (e *Estimator) Feedback(fb *rtcp.TransportLayerCC, now time.Time) {
-	if fb == nil {
+// delta reads the next receive delta (µs): one byte for a small one, two
+// (signed) for a large one, in 250 µs units. False when there is none left.
+func (w *walk) delta(large bool) (int64, bool) {
+	if large {
+		if len(w.deltas) < 2 {
+			return 0, false
+		}
+		d := int64(int16(binary.BigEndian.Uint16(w.deltas))) * 250
+		w.deltas = w.deltas[2:]
+		return d, true
+	}
+	if len(w.deltas) < 1 {
+		return 0, false
+	}
+	d := int64(w.deltas[0]) * 250
+	w.deltas = w.deltas[1:]
+	return d, true
+}
+
+// Feedback applies one TWCC feedback packet (its RTCP bytes, as received)
+// at now. It is read from the wire format here, without allocating:
+// pion's parser allocates every chunk and every delta, a few hundred bytes
+// of garbage per feedback, ten feedbacks a second per viewer.
+func (e *Estimator) Feedback(b []byte, now time.Time) {
+	// Header (V=2, FMT=15, PT=205), sender and media SSRC, base sequence
+	// number, status count, 24-bit reference time, feedback count.
+	if len(b) < 20 || b[0]>>6 != 2 || b[0]&0x1f != 15 || b[1] != 205 {
 		return
 	}
+	n := (int(binary.BigEndian.Uint16(b[2:])) + 1) * 4
+	if n < 20 || n > len(b) {
+		return // shorter than its fixed part, or cut
+	}
+	b = b[:n]
+	base := binary.BigEndian.Uint16(b[12:])
+	count := int(binary.BigEndian.Uint16(b[14:]))
+	refTime := int64(b[16])<<16 | int64(b[17])<<8 | int64(b[18])
+	// The chunks, until they cover count packets; the deltas follow.
+	end, covered := 20, 0
+	for covered < count {
+		if end+2 > len(b) {
+			return
+		}
+		c := binary.BigEndian.Uint16(b[end:])
+		end += 2
+		switch {
+		case c>>15 == 0:
+			covered += int(c & 0x1fff)
+		case c>>14&1 == 0:
+			covered += 14
+		default:
+			covered += 7
+		}
+	}
+
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	t := e.clock(now)
+	e.reference(refTime)
+	w := walk{deltas: b[end:], seq: base, arr: e.ref * 64_000}
+	left := count
+chunks:
+	for off := 20; off < end && left > 0; off += 2 {
+		c := binary.BigEndian.Uint16(b[off:])
+		switch {
+		case c>>15 == 0: // run length: a symbol, repeated
+			for range min(int(c&0x1fff), left) {
+				if !e.status(&w, c>>13&3) {
+					break chunks
+				}
+				left--
+			}
+		case c>>14&1 == 0: // status vector of 14 one-bit symbols
+			for i := range min(14, left) {
+				if !e.status(&w, c>>(13-i)&1) {
+					break chunks
+				}
+				left--
+			}
+		default: // status vector of 7 two-bit symbols
+			for i := range min(7, left) {
+				if !e.status(&w, c>>(12-2*i)&3) {
+					break chunks
+				}
+				left--
+			}
+		}
+	}
+	if w.n == 0 && w.owdN == 0 {
+		e.tick(t, false)
+		return
+	}
+	e.update(&w, t)
+}
 
-	ref := int64(fb.ReferenceTime % refSpan)
+// reference unwraps a feedback's 24-bit reference time (64 ms units).
+func (e *Estimator) reference(ref int64) {
 	if e.haveRef {
 		d := (ref - e.lastRef + refSpan) % refSpan
 		if d >= refSpan/2 {
@@ -360,56 +447,6 @@ func (e *Estimator) Feedback(fb *rtcp.TransportLayerCC, now time.Time) {
 		e.ref = ref
 	}
 	e.haveRef, e.lastRef = true, ref
-
-	w := walk{deltas: fb.RecvDeltas, seq: fb.BaseSequenceNumber, arr: e.ref * 64_000}
-	left := int(fb.PacketStatusCount)
-chunks:
-	for _, ch := range fb.PacketChunks {
-		var sym, run uint16
-		var list []uint16
-		vector, oneBit := false, false
-		switch c := ch.(type) {
-		case *rtcp.RunLengthChunk:
-			if c == nil {
-				break chunks
-			}
-			sym, run = c.PacketStatusSymbol, c.RunLength
-		case *rtcp.StatusVectorChunk:
-			if c == nil {
-				break chunks
-			}
-			vector, oneBit, list = true, c.SymbolSize == rtcp.TypeTCCSymbolSizeOneBit, c.SymbolList
-			if !oneBit && c.SymbolSize != rtcp.TypeTCCSymbolSizeTwoBit {
-				break chunks
-			}
-		default:
-			break chunks
-		}
-		if vector {
-			run = uint16(min(len(list), left))
-		}
-		n := min(int(run), left)
-		for i := 0; i < n; i++ {
-			if vector {
-				sym = list[i]
-				if oneBit && sym > 1 {
-					break chunks
-				}
-			}
-			if !e.status(&w, sym) {
-				break chunks
-			}
-		}
-		left -= n
-		if left == 0 {
-			break
-		}
-	}
-	if w.n == 0 && w.owdN == 0 {
-		e.tick(t, false)
-		return
-	}
-	e.update(&w, t)
 }
 
 // status applies one packet's status; false: malformed, stop.
@@ -420,12 +457,8 @@ func (e *Estimator) status(w *walk, sym uint16) bool {
 	switch sym {
 	case rtcp.TypeTCCPacketNotReceived, rtcp.TypeTCCPacketReceivedWithoutDelta:
 	case rtcp.TypeTCCPacketReceivedSmallDelta, rtcp.TypeTCCPacketReceivedLargeDelta:
-		if w.di >= len(w.deltas) || w.deltas[w.di] == nil {
-			return false
-		}
-		d := w.deltas[w.di].Delta
-		w.di++
-		if d < -maxDelta || d >= maxDelta {
+		d, ok := w.delta(sym == rtcp.TypeTCCPacketReceivedLargeDelta)
+		if !ok {
 			return false
 		}
 		w.arr += d

@@ -1,6 +1,7 @@
 package bwe
 
 import (
+	"bytes"
 	"math/rand"
 	"sync"
 	"testing"
@@ -84,7 +85,7 @@ func (s *sim) run(d time.Duration, each func()) {
 	for end := s.t + d; s.t < end; s.t += time.Millisecond {
 		now := t0.Add(s.t)
 		for len(s.inflight) > 0 && s.inflight[0].at <= s.t {
-			s.e.Feedback(s.inflight[0].fb, now)
+			s.e.Feedback(onWire(s.inflight[0].fb), now)
 			s.inflight = s.inflight[1:]
 		}
 		if s.probe != nil {
@@ -396,7 +397,7 @@ func TestFeedbackRoundTrip(t *testing.T) {
 		for range 65_530 + len(recv) {
 			e.Sent(mtu, t0.Add(at-time.Second), false)
 		}
-		e.Feedback(f, t0.Add(at))
+		e.Feedback(onWire(f), t0.Add(at))
 		st[i] = e.Stats()
 	}
 	if st[0] != st[1] || st[0].Loss == 0 || st[0].Received == 0 {
@@ -437,7 +438,7 @@ func TestFeedbackHostile(t *testing.T) {
 		{BaseSequenceNumber: 100, PacketStatusCount: 100, ReferenceTime: 5, PacketChunks: []rtcp.PacketStatusChunk{run(0, 50), run(1, 50)}, RecvDeltas: []*rtcp.RecvDelta{d(0), d(-8_000_000)}},
 	}
 	for i, fb := range bad {
-		e.Feedback(fb, t0.Add(time.Duration(1000+i)*time.Millisecond))
+		e.Feedback(onWire(fb), t0.Add(time.Duration(1000+i)*time.Millisecond))
 		e.Probe(2_000_000, t0.Add(time.Duration(1000+i)*time.Millisecond))
 		e.ProbeBytes(t0.Add(time.Duration(1000+i)*time.Millisecond), 5*time.Millisecond)
 		if est := e.Estimate(); est < cfg.Min || est > cfg.Max {
@@ -454,9 +455,9 @@ func TestFeedbackHostile(t *testing.T) {
 	for range 10 {
 		fb.RecvDeltas = append(fb.RecvDeltas, d(1000))
 	}
-	e.Feedback(fb, t0.Add(100*time.Millisecond))
+	e.Feedback(onWire(fb), t0.Add(100*time.Millisecond))
 	l := e.Stats().Loss
-	e.Feedback(fb, t0.Add(150*time.Millisecond))
+	e.Feedback(onWire(fb), t0.Add(150*time.Millisecond))
 	if l2 := e.Stats().Loss; l == 0 || l2 != l {
 		t.Errorf("loss %.3f, then %.3f after the same report again", l, l2)
 	}
@@ -472,7 +473,7 @@ func TestNoAllocs(t *testing.T) {
 		t.Errorf("Sent: %v allocs", a)
 	}
 	e.Probe(5_000_000, now)
-	fb := feedback20()
+	fb := onWire(feedback20())
 	if a := testing.AllocsPerRun(100, func() {
 		now = now.Add(time.Millisecond)
 		e.ProbeBytes(now, 5*time.Millisecond)
@@ -485,7 +486,7 @@ func TestNoAllocs(t *testing.T) {
 // Sent, Feedback, ProbeBytes and Stats from several goroutines (for -race).
 func TestConcurrent(t *testing.T) {
 	e := New(Config{})
-	fb := feedback20()
+	fb := onWire(feedback20())
 	var wg sync.WaitGroup
 	for g := range 3 {
 		wg.Go(func() {
@@ -507,6 +508,27 @@ func TestConcurrent(t *testing.T) {
 	wg.Wait()
 }
 
+// onWire is fb as it comes on the wire; nil for one that cannot be written
+// (a nil chunk: pion's Marshal panics), which Feedback ignores.
+func onWire(fb *rtcp.TransportLayerCC) (b []byte) {
+	defer func() {
+		if recover() != nil {
+			b = nil
+		}
+	}()
+	if fb == nil {
+		return nil
+	}
+	c := *fb
+	c.Header = rtcp.Header{Padding: c.MarshalSize() != int(c.Len()), Count: rtcp.FormatTCC, Type: rtcp.TypeTransportSpecificFeedback,
+		Length: uint16(c.MarshalSize()/4 - 1)}
+	b, err := c.Marshal()
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
 // feedback20 reports 20 packets from sequence 0, all received 1 ms apart.
 func feedback20() *rtcp.TransportLayerCC {
 	recv := make([]bool, 20)
@@ -517,36 +539,29 @@ func feedback20() *rtcp.TransportLayerCC {
 	return build(0, recv, arr, 0)
 }
 
-// FuzzFeedback feeds whatever rtcp.Unmarshal makes of the input, as it is
-// and with its counts and sequence numbers altered, to an estimator with a
-// probe running and 300 packets sent.
+// FuzzFeedback feeds the input as a feedback packet, as it is and with its
+// header made that of a TWCC packet whose length fits, and with its base
+// sequence number moved into what was sent, to an estimator with a probe
+// running and 300 packets sent.
 func FuzzFeedback(f *testing.F) {
-	raw, _ := feedback20().Marshal()
-	f.Add(raw)
+	f.Add(onWire(feedback20()))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		pkts, err := rtcp.Unmarshal(data)
-		if err != nil {
-			return
-		}
 		e := New(Config{})
 		for i := range 300 {
 			e.Sent(mtu, t0.Add(time.Duration(i)*time.Millisecond), i%5 == 0)
 		}
 		e.Probe(3_000_000, t0.Add(200*time.Millisecond))
 		now := t0.Add(time.Second)
-		for _, p := range pkts {
-			fb, ok := p.(*rtcp.TransportLayerCC)
-			if !ok {
-				continue
-			}
-			e.Feedback(fb, now)
-			fb.BaseSequenceNumber %= 300
-			e.Feedback(fb, now)
-			fb.PacketStatusCount = ^fb.PacketStatusCount
-			fb.RecvDeltas = fb.RecvDeltas[:len(fb.RecvDeltas)/2]
-			e.Feedback(fb, now)
-			e.ProbeBytes(now, 5*time.Millisecond)
+		e.Feedback(data, now)
+		if len(data) >= 20 {
+			b := bytes.Clone(data)
+			b[0], b[1] = 0x8f, 205
+			b[2], b[3] = byte((len(b)/4-1)>>8), byte(len(b)/4-1)
+			e.Feedback(b, now)
+			b[12], b[13] = 0, b[13]%200
+			e.Feedback(b, now)
 		}
+		e.ProbeBytes(now, 5*time.Millisecond)
 		if est := e.Estimate(); est < 100_000 || est > 10_000_000 {
 			t.Fatalf("estimate %d", est)
 		}
@@ -573,10 +588,11 @@ func BenchmarkFeedback(b *testing.B) {
 	for b.Loop() {
 		fb.BaseSequenceNumber = e.next
 		fb.ReferenceTime = uint32(now.Sub(t0)/(64*time.Millisecond)) % refSpan
+		raw := onWire(fb)
 		for range 20 {
 			e.Sent(mtu, now, false)
 			now = now.Add(time.Millisecond)
 		}
-		e.Feedback(fb, now)
+		e.Feedback(raw, now)
 	}
 }
