@@ -256,7 +256,11 @@ func TestTWCCEstimator(t *testing.T) {
 			r.observe(seq, at)
 		}
 		if r.due(at) {
-			e.Feedback(roundTrip(t, r.feedback(1, 2, at)), epoch.Add(time.Duration(at)))
+			raw, err := r.feedback(1, 2, at).Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.Feedback(raw, epoch.Add(time.Duration(at)))
 		}
 	}
 	st := e.Stats()
