@@ -5,6 +5,10 @@
 // Attributes: server (default: this page's origin), stream (default "demo"),
 // quality (auto, high, medium, low: the quality menu's choice; without it,
 // the viewer's last choice on this page, else auto).
+// In a cluster the player follows the nodes: a node's 307 and its
+// `reconnect` message move it, and when its node dies it goes to the next
+// of the nodes the welcome listed (the server attribute last). `node` is
+// the base URL it plays from; buying over HTTP always goes to `server`.
 // Events (bubbling, composed):
 //   vitrine-state  {state, reason}       waiting, live, reconnecting, ended
 //   vitrine-card   {card, sale, rtpTimestamp, type, id}  a card is on screen
@@ -106,6 +110,9 @@ export class VitrinePlayer extends HTMLElement {
     this.sale = null;
     this.lastFrameAt = 0;
     this.playoutDelay = 0.1; // seconds, refreshed from getStats for the fallback
+    this.old = null; // the session being moved from, playing until the new one's video comes
+    this.connectAt = 0; // when the current session started
+    this.checkedAt = 0; // when the node was last asked whether it is up
   }
 
   static get observedAttributes() { return ['quality']; }
@@ -120,6 +127,9 @@ export class VitrinePlayer extends HTMLElement {
       const saved = localStorage.getItem(this.qualityKey);
       this.qualityEl.value = qualities.includes(saved) ? saved : 'auto';
     }
+    this.node = this.server; // the node played from (base URL)
+    this.nodes = []; // the other nodes, least loaded first (welcome)
+    this.down = new Set(); // nodes found down since the last session started
     this.showStatus('connecting');
     this.watchFrames();
     this.tick = setInterval(() => this.everySecond(), 250);
@@ -175,42 +185,82 @@ export class VitrinePlayer extends HTMLElement {
     this.emit('vitrine-state', { state, reason });
   }
 
-  async connect() {
+  // connect starts a session on this.node. With keep (the node asked the
+  // player to move), the old session plays on until the new one's video
+  // flows, so the last frame stays on screen instead of going black.
+  async connect(keep = false) {
     if (this.stopped) return;
-    this.teardown();
+    clearTimeout(this.retryTimer); // this session replaces a retry due
+    this.retryTimer = null;
+    if (keep && this.pc) {
+      this.dropOld();
+      this.old = { pc: this.pc, location: this.location };
+      this.pc = null; this.dc = null; this.location = null;
+    } else {
+      this.teardown();
+    }
     const pc = new RTCPeerConnection();
     this.pc = pc;
+    this.connectAt = performance.now();
     pc.addTransceiver('video', { direction: 'recvonly' });
     pc.addTransceiver('audio', { direction: 'recvonly' });
     const dc = pc.createDataChannel('vitrine');
     this.dc = dc;
-    dc.onmessage = (e) => this.onMessage(e.data);
+    dc.onmessage = (e) => { if (dc === this.dc) this.onMessage(e.data); };
     // A new session starts on Auto: a viewer who chose otherwise says so.
     dc.onopen = () => { if (this.qualityEl.value !== 'auto') this.sendQuality(); };
     const media = new MediaStream();
     pc.ontrack = (e) => {
       media.addTrack(e.track);
-      this.video.srcObject = media;
-      this.video.play().then(() => { this.unmuteBtn.hidden = !this.video.muted; }).catch(() => {});
+      if (!this.old) { this.play(media); return; }
+      // Moving: the old picture stays until this video's first packets
+      // (2 s at most: a stream with no video has nothing to wait for).
+      if (e.track.kind !== 'video') return;
+      const show = () => { if (pc === this.pc) this.play(media); };
+      if (!e.track.muted) { show(); return; }
+      e.track.addEventListener('unmute', show, { once: true });
+      setTimeout(show, 2000);
     };
     pc.onconnectionstatechange = () => {
       if (pc !== this.pc) return;
-      if (pc.connectionState === 'failed' || pc.connectionState === 'closed') this.retry();
+      const s = pc.connectionState;
+      if (s === 'disconnected' || s === 'failed') this.check();
+      else if (s === 'closed') this.retry();
     };
+    const node = this.node;
     try {
       await pc.setLocalDescription(await pc.createOffer());
       await iceGathered(pc);
+      if (pc !== this.pc) return; // replaced meanwhile
       const token = localStorage.getItem('vitrine-viewer') || '';
-      const url = `${this.server}/whep/${encodeURIComponent(this.stream)}${token ? `?viewer=${encodeURIComponent(token)}` : ''}`;
-      const res = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/sdp' }, body: pc.localDescription.sdp });
+      const url = `${node}/whep/${encodeURIComponent(this.stream)}${token ? `?viewer=${encodeURIComponent(token)}` : ''}`;
+      // A full or draining node answers 307 to another; fetch follows it
+      // with the same offer, and res.url is the node that took it.
+      const res = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/sdp' },
+        body: pc.localDescription.sdp, signal: abortAfter(10000) }).catch(() => null);
+      if (pc !== this.pc) return;
+      if (!res) { this.unreachable(node); return; }
       if (res.status !== 201) throw new Error(`WHEP ${res.status}: ${await res.text()}`);
-      this.location = new URL(res.headers.get('Location'), url).href;
+      this.location = new URL(res.headers.get('Location'), res.url).href;
+      this.node = baseOf(res.url);
+      this.down.clear();
       await pc.setRemoteDescription({ type: 'answer', sdp: await res.text() });
       this.retryDelay = 1000;
     } catch (err) {
+      if (pc !== this.pc) return;
       console.warn('vitrine-player:', err);
       this.retry();
     }
+  }
+
+  // play shows a session's media on the video element (the same element
+  // throughout, so the page's hooks on it stay).
+  play(media) {
+    this.dropOld();
+    if (this.video.srcObject === media) return;
+    this.lastTs = null; // another session's numbering may differ
+    this.video.srcObject = media;
+    this.video.play().then(() => { this.unmuteBtn.hidden = !this.video.muted; }).catch(() => {});
   }
 
   retry() {
@@ -220,10 +270,70 @@ export class VitrinePlayer extends HTMLElement {
     this.retryDelay = Math.min(this.retryDelay * 2, 8000);
   }
 
+  // moveTo is the node's own `reconnect` (it is draining): go to the node
+  // it names at once, no backoff, the picture on screen meanwhile.
+  moveTo(url) {
+    let base;
+    try { base = new URL(url); } catch { return; }
+    if (base.protocol !== 'http:' && base.protocol !== 'https:') return;
+    this.node = base.href.replace(/\/$/, '');
+    this.retryDelay = 1000;
+    this.connect(true);
+  }
+
+  // check asks the node whether it is up (GET /healthz, 1 s) when its
+  // picture stalls or its connection drops. Down: fail over at once. Up:
+  // it is the network, which ICE may recover (disconnected), or a retry
+  // with backoff mends (failed).
+  async check() {
+    if (this.checking || !this.pc) return;
+    const pc = this.pc;
+    const node = this.node;
+    this.checking = true;
+    const up = await reachable(node);
+    this.checking = false;
+    this.checkedAt = performance.now();
+    if (pc !== this.pc || this.stopped) return; // moved on meanwhile
+    if (!up) this.unreachable(node);
+    else if (pc.connectionState === 'failed') this.retry();
+  }
+
+  // unreachable: the node did not answer. Go at once to the first of the
+  // failover list not found down too, the server attribute last; when
+  // every one is down, start over from the top with backoff.
+  unreachable(node) {
+    this.down.add(node);
+    if (this.state === 'live') this.showStatus('reconnecting');
+    const next = [...this.nodes, this.server].find((n) => !this.down.has(n));
+    if (next) { this.node = next; this.connect(); return; }
+    this.down.clear();
+    this.node = this.nodes[0] || this.server;
+    this.retry();
+  }
+
+  // stalled: the stream is live, yet no frame has been on screen for 1.5 s.
+  // (A creator's own stall comes as stream.state reconnecting: not counted,
+  // so it never makes the player hop.)
+  stalled() {
+    const now = performance.now();
+    return this.framesWatched && this.state === 'live' && !!this.pc && !document.hidden && !this.video.paused
+      && now - Math.max(this.lastFrameAt, this.connectAt) > 1500 && now - this.checkedAt > 1500;
+  }
+
   teardown() {
+    this.dropOld();
     if (this.location) fetch(this.location, { method: 'DELETE', keepalive: true }).catch(() => {});
     this.location = null;
     if (this.pc) { const pc = this.pc; this.pc = null; this.dc = null; pc.close(); }
+  }
+
+  // dropOld ends the session moved from, once the new one plays.
+  dropOld() {
+    if (!this.old) return;
+    const { pc, location } = this.old;
+    this.old = null;
+    if (location) fetch(location, { method: 'DELETE', keepalive: true }).catch(() => {});
+    pc.close();
   }
 
   onMessage(data) {
@@ -233,7 +343,10 @@ export class VitrinePlayer extends HTMLElement {
     switch (msg.type) {
       case 'welcome':
         if (msg.viewer) localStorage.setItem('vitrine-viewer', msg.viewer);
+        // In a cluster: the other live nodes, to fail over to.
+        this.nodes = Array.isArray(msg.nodes) ? msg.nodes.filter((n) => typeof n === 'string').map((n) => n.replace(/\/$/, '')) : [];
         break;
+      case 'reconnect': this.moveTo(msg.url); break;
       case 'stream.state':
         this.showStatus(msg.state === 'live' ? 'live' : msg.state, msg.reason);
         break;
@@ -274,6 +387,7 @@ export class VitrinePlayer extends HTMLElement {
   // arrived; with no frames at all (waiting screen), at once.
   watchFrames() {
     if (!('requestVideoFrameCallback' in HTMLVideoElement.prototype)) return;
+    this.framesWatched = true;
     const onFrame = (_now, meta) => {
       this.lastFrameAt = performance.now();
       const ts = meta.rtpTimestamp;
@@ -282,7 +396,9 @@ export class VitrinePlayer extends HTMLElement {
         if (step > 0 && step < 9000) this.frameTicks = step;
       }
       this.lastTs = ts;
-      if (this.pending.length) {
+      // While moving, frames on screen are the old session's: cues of the
+      // new one wait for its own.
+      if (this.pending.length && !this.old) {
         // A click happened during some frame: the one on screen then, whose
         // timestamp is at most one frame before the click's instant. Other
         // cues carry a frame's own timestamp.
@@ -300,6 +416,7 @@ export class VitrinePlayer extends HTMLElement {
   }
 
   async everySecond() {
+    if (this.stalled()) this.check();
     // No frames for a while (waiting, frozen): do not hold cues back.
     if (this.pending.length && performance.now() - this.lastFrameAt > 500) {
       const due = this.pending; this.pending = [];
@@ -473,6 +590,30 @@ export function iceGathered(pc, timeout = 2000) {
     pc.addEventListener('icegatheringstatechange', check);
     setTimeout(done, timeout);
   });
+}
+
+// reachable: does the node answer GET /healthz within a second? Any
+// answer counts (no-cors: another node's /healthz has no CORS headers).
+async function reachable(base) {
+  try {
+    await fetch(`${base}/healthz`, { mode: 'no-cors', cache: 'no-store', signal: abortAfter(1000) });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// abortAfter is an abort signal that fires after ms.
+function abortAfter(ms) {
+  const ctl = new AbortController();
+  setTimeout(() => ctl.abort(), ms);
+  return ctl.signal;
+}
+
+// baseOf is a node's base URL from one of its WHEP URLs.
+function baseOf(url) {
+  const u = new URL(url);
+  return u.origin + u.pathname.replace(/\/whep\/[^/]*$/, '');
 }
 
 if (!customElements.get('vitrine-player')) customElements.define('vitrine-player', VitrinePlayer);
