@@ -42,7 +42,7 @@ func TestKeyframeStart(t *testing.T) {
 
 func TestNTPRoundTrip(t *testing.T) {
 	for _, ntp := range []uint64{0xe5a1b2c3_80000000, 0xeb000000_00000001} {
-		back := ntpTime(ntpToTime(ntp))
+		back := ntpTime(NTPToTime(ntp))
 		if d := int64(back - ntp); d < -5 || d > 5 {
 			t.Errorf("%x -> %x", ntp, back)
 		}

@@ -503,8 +503,8 @@ func ntpTime(t time.Time) uint64 {
 	return secs<<32 | frac
 }
 
-// ntpToTime is the inverse of ntpTime.
-func ntpToTime(ntp uint64) time.Time {
+// NTPToTime is the inverse of ntpTime.
+func NTPToTime(ntp uint64) time.Time {
 	const ntpEpochOffset = 2208988800
 	secs := int64(ntp>>32) - ntpEpochOffset
 	frac := int64(ntp&0xffffffff) * 1e9 >> 32

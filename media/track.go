@@ -129,9 +129,9 @@ func (t *Track) Codec() Codec {
 	return *t.codec
 }
 
-// expect sets the codec viewers are bound to before a new source's first
-// packet (a creator answered but not yet sending).
-func (t *Track) expect(c Codec) {
+// Expect sets the codec viewers are bound to before a new source's first
+// packet (a creator, or a relay, answered but is not yet sending).
+func (t *Track) Expect(c Codec) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.codec = &c
@@ -343,6 +343,16 @@ func (s *Source) SenderReport(sourceTime, local time.Time, rtpTime uint32) {
 		return
 	}
 	t.clock = senderClock{valid: true, source: sourceTime, local: local, rtp: rtpTime + s.tsOffset}
+}
+
+// TimestampOffset is what the track adds to this source's timestamps (0
+// before its first packet): a time on the source's RTP clock plus the
+// offset is the same time on the viewers'. A relay uses it to carry the
+// overlay's stamps from the origin's clock to its own.
+func (s *Source) TimestampOffset() uint32 {
+	s.track.mu.Lock()
+	defer s.track.mu.Unlock()
+	return s.tsOffset
 }
 
 // RTPTimeAt maps an instant on the source's clock (for a browser creator, the

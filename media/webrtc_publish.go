@@ -72,7 +72,7 @@ func (w *WebRTC) Publish(ctx context.Context, s *Stream, offer string, takeover 
 	// Ask the creator for the codec the stream's viewers are bound to (H.264
 	// until a first creator chose otherwise): the answer lists it first and
 	// browsers send the first codec of the answer, so nobody renegotiates.
-	prefs := preferCodec(w.publishVideo, s.Video.Codec().MimeType)
+	prefs := offerPayloadTypes(desc, preferCodec(w.publishVideo, s.Video.Codec().MimeType))
 	for _, tr := range pc.GetTransceivers() {
 		if tr.Kind() == webrtc.RTPCodecTypeVideo {
 			_ = tr.SetCodecPreferences(prefs)
@@ -90,19 +90,123 @@ func (w *WebRTC) Publish(ctx context.Context, s *Stream, offer string, takeover 
 	// Viewers who join between now and the creator's first packet must be
 	// bound to the codec the creator will send: the first one the answer
 	// lists for each kind.
-	for kind, c := range answerCodecs(ans) {
+	for kind, c := range AnswerCodecs(ans) {
 		if kind == "video" {
-			s.Video.expect(c)
+			s.Video.Expect(c)
 		} else {
-			s.Audio.expect(c)
+			s.Audio.Expect(c)
 		}
 	}
 	return p, ans, nil
 }
 
-// answerCodecs returns, per kind, the first codec of the answer's media
+// offerPayloadTypes renumbers the preferred video codecs with the payload
+// types the offer gave them: pion answers with a preference's own number,
+// and a browser that numbered H.264 109 where Vitrine says 102 (Chromium
+// 148) then sends packets the answer never named. A codec, or an RTX whose
+// codec, the offer lacks is left out.
+func offerPayloadTypes(offer *sdp.SessionDescription, prefs []webrtc.RTPCodecParameters) []webrtc.RTPCodecParameters {
+	var video *sdp.MediaDescription
+	for _, md := range offer.MediaDescriptions {
+		if md.MediaName.Media == "video" {
+			video = md
+			break
+		}
+	}
+	if video == nil {
+		return prefs
+	}
+	type offered struct {
+		pt   webrtc.PayloadType
+		name string
+		fmtp string
+	}
+	var codecs []offered
+	for _, f := range video.MediaName.Formats {
+		pt, err := strconv.Atoi(f)
+		if err != nil {
+			continue
+		}
+		c, err := offer.GetCodecForPayloadType(uint8(pt))
+		if err != nil {
+			continue
+		}
+		codecs = append(codecs, offered{pt: webrtc.PayloadType(pt), name: strings.ToLower(c.Name), fmtp: c.Fmtp})
+	}
+	renumbered := map[webrtc.PayloadType]webrtc.PayloadType{} // ours -> the offer's
+	used := map[webrtc.PayloadType]bool{}
+	var out []webrtc.RTPCodecParameters
+	for _, p := range prefs {
+		name := strings.ToLower(strings.TrimPrefix(strings.ToLower(p.MimeType), "video/"))
+		if name == "rtx" {
+			continue // after their codecs, below
+		}
+		for _, o := range codecs {
+			if o.name == name && !used[o.pt] && sameFormat(name, o.fmtp, p.SDPFmtpLine) {
+				used[o.pt] = true
+				renumbered[p.PayloadType] = o.pt
+				p.PayloadType = o.pt
+				out = append(out, p)
+				break
+			}
+		}
+	}
+	for _, p := range prefs {
+		if !strings.EqualFold(p.MimeType, "video/rtx") {
+			continue
+		}
+		ours, ok := renumbered[webrtc.PayloadType(fmtpInt(p.SDPFmtpLine, "apt"))]
+		if !ok {
+			continue
+		}
+		for _, o := range codecs {
+			if o.name == "rtx" && fmtpInt(o.fmtp, "apt") == int(ours) {
+				p.PayloadType = o.pt
+				p.SDPFmtpLine = fmt.Sprintf("apt=%d", ours)
+				out = append(out, p)
+				break
+			}
+		}
+	}
+	if len(out) == 0 {
+		return prefs
+	}
+	return out
+}
+
+// sameFormat: H.264 must agree on packetization mode and profile (the
+// first byte of profile-level-id); VP9 and AV1 on their profile.
+func sameFormat(name, a, b string) bool {
+	switch name {
+	case "h264":
+		pa, pb := fmtpString(a, "profile-level-id"), fmtpString(b, "profile-level-id")
+		return fmtpInt(a, "packetization-mode") == fmtpInt(b, "packetization-mode") &&
+			len(pa) >= 2 && len(pb) >= 2 && strings.EqualFold(pa[:2], pb[:2])
+	case "vp9":
+		return fmtpInt(a, "profile-id") == fmtpInt(b, "profile-id")
+	case "av1":
+		return fmtpInt(a, "profile") == fmtpInt(b, "profile")
+	}
+	return true
+}
+
+func fmtpString(fmtp, key string) string {
+	for _, kv := range strings.Split(fmtp, ";") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(kv), "="); ok && strings.EqualFold(k, key) {
+			return v
+		}
+	}
+	return ""
+}
+
+func fmtpInt(fmtp, key string) int {
+	n, _ := strconv.Atoi(fmtpString(fmtp, key))
+	return n
+}
+
+// AnswerCodecs returns, per kind, the first codec of the answer's media
 // sections: the one a WebRTC sender uses.
-func answerCodecs(answer string) map[string]Codec {
+func AnswerCodecs(answer string) map[string]Codec {
 	var desc sdp.SessionDescription
 	out := map[string]Codec{}
 	if desc.UnmarshalString(answer) != nil {
@@ -280,7 +384,7 @@ func (p *Publisher) readRTCP(read func() ([]rtcp.Packet, error), src *Source, cl
 			if !ok {
 				continue
 			}
-			sourceTime := ntpToTime(sr.NTPTime)
+			sourceTime := NTPToTime(sr.NTPTime)
 			p.mu.Lock()
 			if !p.haveSkew {
 				p.skew, p.haveSkew = time.Since(sourceTime), true

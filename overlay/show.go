@@ -124,6 +124,19 @@ type ShowConfig struct {
 	Now        func() time.Time
 }
 
+func (cfg ShowConfig) withDefaults() ShowConfig {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.ReservationTTL <= 0 {
+		cfg.ReservationTTL = 5 * time.Minute
+	}
+	if cfg.StockEvery <= 0 {
+		cfg.StockEvery = 250 * time.Millisecond
+	}
+	return cfg
+}
+
 // Show is the commerce overlay of one live stream: the card shown, the flash
 // sale running, the run-of-show, and every viewer subscribed to its
 // messages. Every change is written to the store before viewers hear of it,
@@ -154,15 +167,7 @@ const listSaleLength = 24 * time.Hour
 
 // NewShow starts a stream's show where the store left it (see restore).
 func NewShow(ctx context.Context, stream string, clock Clock, cfg ShowConfig) (*Show, error) {
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.ReservationTTL <= 0 {
-		cfg.ReservationTTL = 5 * time.Minute
-	}
-	if cfg.StockEvery <= 0 {
-		cfg.StockEvery = 250 * time.Millisecond
-	}
+	cfg = cfg.withDefaults()
 	s := &Show{stream: stream, clock: clock, cfg: cfg, subs: map[int]func([]byte){}, dirty: map[string]bool{}, stop: make(chan struct{})}
 	if err := s.restore(ctx); err != nil {
 		return nil, fmt.Errorf("overlay: restore the show of %s: %w", stream, err)
@@ -587,36 +592,47 @@ func (s *Show) custom(data json.RawMessage, m *Message) error {
 
 // Buy reserves units for a viewer. A refusal is a result with a reason.
 func (s *Show) Buy(ctx context.Context, viewer, sku string, qty int64, key string) (BuyResult, error) {
-	req := BuyRequest{Stream: s.stream, SKU: sku, ViewerID: viewer, Qty: qty, IdempotencyKey: key}
-	if err := ValidateBuyRequest(req); err != nil {
-		s.cfg.Metrics.buys.WithLabelValues("invalid").Inc()
-		return BuyResult{}, err
-	}
-	start := time.Now()
-	res, err := s.cfg.Store.Buy(ctx, req, s.cfg.Now(), s.cfg.ReservationTTL)
-	s.cfg.Metrics.buyLatency.Observe(time.Since(start).Seconds())
-	if err != nil {
-		s.cfg.Metrics.buys.WithLabelValues("error").Inc()
-		return res, err
-	}
-	s.cfg.Metrics.buys.WithLabelValues(res.Outcome).Inc()
-	if res.Outcome == OutcomeReserved {
+	res, err := buy(ctx, s.cfg, s.stream, viewer, sku, qty, key)
+	if err == nil && res.Outcome == OutcomeReserved {
 		s.StockChanged(sku)
 	}
-	return res, nil
+	return res, err
 }
 
 // Confirm turns a viewer's reservation into an order.
 func (s *Show) Confirm(ctx context.Context, viewer, orderID string) (Order, error) {
-	now := s.cfg.Now()
-	o, err := s.cfg.Store.Confirm(ctx, orderID, viewer, now)
+	return confirm(ctx, s.cfg, viewer, orderID)
+}
+
+// buy and confirm are the store's side of a purchase, wherever the show
+// runs: every rule (stock, limits, idempotency) is the store's.
+func buy(ctx context.Context, cfg ShowConfig, stream, viewer, sku string, qty int64, key string) (BuyResult, error) {
+	req := BuyRequest{Stream: stream, SKU: sku, ViewerID: viewer, Qty: qty, IdempotencyKey: key}
+	if err := ValidateBuyRequest(req); err != nil {
+		cfg.Metrics.buys.WithLabelValues("invalid").Inc()
+		return BuyResult{}, err
+	}
+	start := time.Now()
+	res, err := cfg.Store.Buy(ctx, req, cfg.Now(), cfg.ReservationTTL)
+	cfg.Metrics.buyLatency.Observe(time.Since(start).Seconds())
+	if err != nil {
+		cfg.Metrics.buys.WithLabelValues("error").Inc()
+		return res, err
+	}
+	cfg.Metrics.buys.WithLabelValues(res.Outcome).Inc()
+	return res, nil
+}
+
+func confirm(ctx context.Context, cfg ShowConfig, viewer, orderID string) (Order, error) {
+	now := cfg.Now()
+	o, err := cfg.Store.Confirm(ctx, orderID, viewer, now)
 	if err != nil {
 		return o, err
 	}
 	// Confirming twice returns the order unchanged: count it only when this
 	// call confirmed it.
 	if d := now.Sub(o.ConfirmedAt); d >= -time.Millisecond && d <= time.Millisecond {
-		s.cfg.Metrics.orderConfirmed(o)
+		cfg.Metrics.orderConfirmed(o)
 	}
 	return o, nil
 }

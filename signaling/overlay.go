@@ -35,6 +35,9 @@ func (s *Server) overlayRoutes(route func(string, http.HandlerFunc)) {
 }
 
 func (s *Server) putRunOfShow(w http.ResponseWriter, r *http.Request) {
+	if s.proxyToShow(w, r, r.PathValue("stream")) {
+		return
+	}
 	def, st, ok := s.streamAuth(w, r)
 	if !ok {
 		return
@@ -58,6 +61,9 @@ func (s *Server) putRunOfShow(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) getRunOfShow(w http.ResponseWriter, r *http.Request) {
+	if s.proxyToShow(w, r, r.PathValue("stream")) {
+		return
+	}
 	def, st, ok := s.streamAuth(w, r)
 	if !ok {
 		return
@@ -70,6 +76,9 @@ func (s *Server) getRunOfShow(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) startRunOfShow(w http.ResponseWriter, r *http.Request) {
+	if s.proxyToShow(w, r, r.PathValue("stream")) {
+		return
+	}
 	def, st, ok := s.streamAuth(w, r)
 	if !ok {
 		return
@@ -87,6 +96,9 @@ func (s *Server) startRunOfShow(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) stopRunOfShow(w http.ResponseWriter, r *http.Request) {
+	if s.proxyToShow(w, r, r.PathValue("stream")) {
+		return
+	}
 	def, st, ok := s.streamAuth(w, r)
 	if !ok {
 		return
@@ -151,6 +163,9 @@ func (s *Server) OpenShows(ctx context.Context) error {
 		if !ok {
 			continue
 		}
+		if s.cluster != nil && s.cluster.Origin(def.Name) != "" {
+			continue // its creator is on another node, which runs the show
+		}
 		if _, err := s.show(ctx, def.Name, st); err != nil {
 			return err
 		}
@@ -195,6 +210,9 @@ func (s *Server) streamAuth(w http.ResponseWriter, r *http.Request) (StreamDef, 
 }
 
 func (s *Server) postCue(w http.ResponseWriter, r *http.Request) {
+	if s.proxyToShow(w, r, r.PathValue("stream")) {
+		return
+	}
 	def, st, ok := s.streamAuth(w, r)
 	if !ok {
 		return
@@ -237,7 +255,7 @@ func (s *Server) getOverlay(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "unknown_stream", ErrStreamUnknown.Error())
 		return
 	}
-	sh, ok := s.showOr503(w, def.Name, st)
+	sh, _, ok := s.viewerShowOr503(w, def.Name, st)
 	if !ok {
 		return
 	}
@@ -266,7 +284,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 			once.Do(func() { close(overflow) })
 		}
 	}
-	sh, ok := s.showOr503(w, def.Name, st)
+	sh, _, ok := s.viewerShowOr503(w, def.Name, st)
 	if !ok {
 		return
 	}
@@ -347,6 +365,7 @@ type viewerReply struct {
 	Message string             `json:"message,omitempty"`
 	Viewer  string             `json:"viewer,omitempty"`
 	Value   string             `json:"value,omitempty"`
+	Nodes   []string           `json:"nodes,omitempty"` // welcome, in a cluster
 }
 
 // qualitySetter is the viewer's session as the quality message sees it
@@ -358,7 +377,7 @@ type qualitySetter interface {
 // onViewerMessage handles buy, confirm and quality from the data channel
 // of session q. A bad message gets an error reply; the viewer's session and
 // the stream go on.
-func (s *Server) onViewerMessage(sh *overlay.Show, viewer string, q qualitySetter, raw []byte) viewerReply {
+func (s *Server) onViewerMessage(sh viewerShow, viewer string, q qualitySetter, raw []byte) viewerReply {
 	if len(raw) > maxViewerMessage {
 		s.metrics.badMessages.Inc()
 		return viewerReply{V: 1, Type: "error", Code: "too_large", Message: fmt.Sprintf("messages are at most %d bytes", maxViewerMessage)}
@@ -450,7 +469,7 @@ func (s *Server) postBuy(w http.ResponseWriter, r *http.Request) {
 	if fresh {
 		w.Header().Set("Vitrine-Viewer", s.viewerToken(viewer))
 	}
-	sh, ok := s.showOr503(w, def.Name, st)
+	sh, _, ok := s.viewerShowOr503(w, def.Name, st)
 	if !ok {
 		return
 	}
@@ -483,7 +502,7 @@ func (s *Server) postConfirm(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusNotFound, "unknown_order", "no such order")
 			return
 		}
-		sh, ok := s.showOr503(w, o.Stream, st)
+		sh, _, ok := s.viewerShowOr503(w, o.Stream, st)
 		if !ok {
 			return
 		}

@@ -59,6 +59,9 @@ type Server struct {
 	mu       sync.Mutex
 	sessions map[string]*session // by id, WHIP and WHEP
 	ready    bool
+	draining bool
+
+	cluster Cluster // nil on a single node
 
 	// showsMu guards shows apart from mu: restoring a show waits on the
 	// store, and sessions should not wait with it.
@@ -133,6 +136,7 @@ func (s *Server) Handler(extra func(mux *http.ServeMux)) http.Handler {
 	route("DELETE /api/v1/streams/{stream}", s.admin(s.deleteStream))
 	route("POST /api/v1/streams/{stream}/key", s.admin(s.rotateKey))
 	route("GET /api/v1/streams/{stream}/health", s.getHealth)
+	route("GET /api/v1/cluster", s.admin(s.getCluster))
 	route("OPTIONS /api/v1/", s.options)
 	s.catalogRoutes(route)
 	s.overlayRoutes(route)
@@ -143,8 +147,12 @@ func (s *Server) Handler(extra func(mux *http.ServeMux)) http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		s.mu.Lock()
-		ready := s.ready
+		ready, draining := s.ready, s.draining
 		s.mu.Unlock()
+		if draining {
+			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return
+		}
 		if !ready {
 			http.Error(w, "starting", http.StatusServiceUnavailable)
 			return

@@ -26,6 +26,11 @@ type session struct {
 	pc     *webrtc.PeerConnection
 	end    func() // DELETE
 	done   <-chan struct{}
+	// WHEP only: peer is another node's pull; mirrored, a viewer whose
+	// overlay comes from a relayed show; send writes to its data channel.
+	peer     bool
+	mirrored bool
+	send     func([]byte)
 
 	mu   sync.Mutex
 	etag string
@@ -50,7 +55,7 @@ func (s *Server) whipPost(w http.ResponseWriter, r *http.Request) {
 		s.offerError(w, "whip", name, err)
 		return
 	}
-	sess := s.addSession("whip", name, pub.PeerConnection(), pub.End, pub.Done())
+	sess := s.addSession("whip", name, pub.PeerConnection(), pub.End, pub.Done(), nil)
 	s.log.Info("whip: creator session started", "stream", name, "session", sess.id, "remote", r.RemoteAddr)
 	s.writeAnswer(w, sess, answer)
 }
@@ -62,6 +67,12 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "unknown_stream", ErrStreamUnknown.Error())
 		return
 	}
+	// Another node's pull is served even when this node is full or
+	// draining: it stands for that node's viewers.
+	peer := s.isPeer(r)
+	if !peer && s.redirectViewer(w, r, name) {
+		return
+	}
 	offer, ok := s.readSDP(w, r)
 	if !ok {
 		return
@@ -69,12 +80,13 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), answerTimeout)
 	defer cancel()
 	viewer, _ := s.viewerID(r.URL.Query().Get("viewer"))
-	sh, ok := s.showOr503(w, name, st)
+	sh, mirrored, ok := s.viewerShowOr503(w, name, st)
 	if !ok {
 		return
 	}
 	var mu sync.Mutex
 	var cancels []func()
+	var channel *media.Viewer
 	closed := false
 	// A page sends a buy, a confirm or a quality choice per press: a burst
 	// of 10 and 5 per second is far above a person and keeps a script from
@@ -84,12 +96,17 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 	hooks := media.ViewerHooks{
 		// On its data channel the player gets the overlay snapshot first
 		// (card, sale, stock), then who it is (a token to keep for next
-		// time), the stream's state (for its waiting, reconnecting and ended
-		// screens) and every live cue.
+		// time, and in a cluster the nodes to fail over to), the stream's
+		// state (for its waiting, reconnecting and ended screens) and every
+		// live cue.
 		ChannelOpen: func(v *media.Viewer) {
 			send := func(b []byte) { _ = v.Send(b) }
 			c1 := sh.Subscribe(send)
-			welcome, _ := json.Marshal(viewerReply{V: 1, Type: "welcome", Viewer: s.viewerToken(viewer)})
+			hello := viewerReply{V: 1, Type: "welcome", Viewer: s.viewerToken(viewer)}
+			if s.cluster != nil {
+				hello.Nodes = s.cluster.Nodes()
+			}
+			welcome, _ := json.Marshal(hello)
 			send(welcome)
 			c2 := st.Watch(func(state media.State, reason string) {
 				msg, _ := json.Marshal(StateMessage{V: 1, Type: "stream.state", State: state, Reason: reason})
@@ -102,6 +119,7 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 				c2()
 				return
 			}
+			channel = v
 			cancels = append(cancels, c1, c2)
 		},
 		Message: func(v *media.Viewer, msg []byte) {
@@ -119,6 +137,7 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 			mu.Lock()
 			defer mu.Unlock()
 			closed = true
+			channel = nil
 			for _, c := range cancels {
 				c()
 			}
@@ -130,7 +149,20 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 		s.offerError(w, "whep", name, err)
 		return
 	}
-	sess := s.addSession("whep", name, v.PeerConnection(), v.Close, v.Done())
+	sess := s.addSession("whep", name, v.PeerConnection(), v.Close, v.Done(), func(sess *session) {
+		sess.peer, sess.mirrored = peer, mirrored
+		sess.send = func(b []byte) {
+			mu.Lock()
+			ch := channel
+			mu.Unlock()
+			if ch != nil {
+				_ = ch.Send(b)
+			}
+		}
+	})
+	if peer {
+		s.log.Info("whep: another node pulls the stream", "stream", name, "session", sess.id, "remote", r.RemoteAddr)
+	}
 	state, _ := st.State()
 	w.Header().Set("Vitrine-Stream-State", string(state))
 	s.writeAnswer(w, sess, answer)
@@ -187,9 +219,14 @@ func (s *Server) offerError(w http.ResponseWriter, kind, stream string, err erro
 	}
 }
 
-func (s *Server) addSession(kind, stream string, pc *webrtc.PeerConnection, end func(), done <-chan struct{}) *session {
+// addSession registers a session; set fills in its other fields before
+// anyone else sees it.
+func (s *Server) addSession(kind, stream string, pc *webrtc.PeerConnection, end func(), done <-chan struct{}, set func(*session)) *session {
 	sess := &session{id: newSessionID(), kind: kind, stream: stream, pc: pc, end: end, done: done}
 	sess.etag = etagOf(pc)
+	if set != nil {
+		set(sess)
+	}
 	s.mu.Lock()
 	s.sessions[sess.id] = sess
 	s.mu.Unlock()

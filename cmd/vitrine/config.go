@@ -74,6 +74,18 @@ type Config struct {
 		Token  string `yaml:"token"`
 	} `yaml:"metrics"`
 
+	// Cluster: nodes sharing one PostgreSQL store and one NATS server
+	// (signaling/cluster). Empty NATSURL: this node runs alone.
+	Cluster struct {
+		NATSURL      string        `yaml:"nats_url"`
+		AdvertiseURL string        `yaml:"advertise_url"`
+		NodeID       string        `yaml:"node_id"`
+		Secret       string        `yaml:"secret"`
+		MaxViewers   int           `yaml:"max_viewers"`
+		RelayGrace   time.Duration `yaml:"relay_grace"`
+		DrainTimeout time.Duration `yaml:"drain_timeout"`
+	} `yaml:"cluster"`
+
 	RTMP   RTMPConfig `yaml:"rtmp"`
 	RTSP   RTSPConfig `yaml:"rtsp"`
 	FFmpeg string     `yaml:"ffmpeg"` // for AAC to Opus; "ffmpeg" on the PATH when empty
@@ -107,6 +119,8 @@ func defaultConfig() Config {
 	c.RTSP.Address = ":8554"
 	c.RTSP.UDPRTPAddress = ":8000"
 	c.RTSP.UDPRTCPAddress = ":8001"
+	c.Cluster.RelayGrace = 30 * time.Second
+	c.Cluster.DrainTimeout = 20 * time.Second
 	c.Log.Level = "info"
 	c.Log.Format = "text"
 	return c
@@ -157,6 +171,17 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	envString("VITRINE_RTSP", &c.RTSP.Address)
 	envString("VITRINE_METRICS_LISTEN", &c.Metrics.Listen)
 	envString("VITRINE_METRICS_TOKEN", &c.Metrics.Token)
+	envString("VITRINE_NATS_URL", &c.Cluster.NATSURL)
+	envString("VITRINE_ADVERTISE_URL", &c.Cluster.AdvertiseURL)
+	envString("VITRINE_NODE_ID", &c.Cluster.NodeID)
+	envString("VITRINE_CLUSTER_SECRET", &c.Cluster.Secret)
+	if v := getenv("VITRINE_MAX_VIEWERS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return c, fmt.Errorf("VITRINE_MAX_VIEWERS: %q is not a viewer count (0 for no cap)", v)
+		}
+		c.Cluster.MaxViewers = n
+	}
 	if v := getenv("VITRINE_UDP_PORT"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil {
@@ -207,6 +232,21 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	}
 	if c.Streams.GOPCacheBytes < 0 || c.Streams.GOPCacheAge < 0 {
 		return c, fmt.Errorf("streams.gop_cache_bytes and gop_cache_age must not be negative")
+	}
+	if c.Cluster.NATSURL != "" {
+		switch {
+		case !strings.HasPrefix(c.Store, "postgres://") && !strings.HasPrefix(c.Store, "postgresql://"):
+			return c, fmt.Errorf("cluster.nats_url is set: the nodes of a cluster share a PostgreSQL store; set store (VITRINE_STORE) to its postgres:// DSN")
+		case c.Cluster.AdvertiseURL == "":
+			return c, fmt.Errorf("cluster.advertise_url (VITRINE_ADVERTISE_URL) is needed in a cluster: the http(s) base URL other nodes and viewers reach this node at")
+		case len(c.Cluster.Secret) < 16:
+			return c, fmt.Errorf("cluster.secret (VITRINE_CLUSTER_SECRET) must be at least 16 characters, the same on every node")
+		case c.Cluster.MaxViewers < 0:
+			return c, fmt.Errorf("cluster.max_viewers must be 0 (no cap) or more")
+		}
+		if c.Cluster.NodeID == "" {
+			c.Cluster.NodeID, _ = os.Hostname()
+		}
 	}
 	if c.WebRTC.UDPPort < 0 || c.WebRTC.UDPPort > 65535 {
 		return c, fmt.Errorf("udp port %d out of range", c.WebRTC.UDPPort)

@@ -21,6 +21,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -31,6 +32,7 @@ import (
 	"github.com/vitrine-live/vitrine/overlay"
 	"github.com/vitrine-live/vitrine/overlay/sqlstore"
 	"github.com/vitrine-live/vitrine/signaling"
+	"github.com/vitrine-live/vitrine/signaling/cluster"
 	"github.com/vitrine-live/vitrine/web"
 )
 
@@ -78,6 +80,7 @@ func serve(args []string) error {
 	a.printWelcome(os.Stdout)
 	<-ctx.Done()
 	a.log.Info("shutting down")
+	a.drain()
 	return a.Close()
 }
 
@@ -96,6 +99,10 @@ type app struct {
 	stop     context.CancelFunc
 	workers  sync.WaitGroup
 	proto    *protocols
+	cluster  *cluster.Cluster // nil on a single node
+	// nodeChanged tells the cluster at once when a creator comes or goes
+	// (set once the cluster is joined).
+	nodeChanged atomic.Pointer[func()]
 
 	// metricsHTTP serves /metrics on metrics.listen, when set.
 	metricsHTTP     *http.Server
@@ -138,7 +145,13 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 		ReencodeKeyframesOver: cfg.Streams.ReencodeKeyframesOver, JoinReplay: media.JoinReplay(cfg.Streams.JoinReplay),
 		GOPCacheBytes: cfg.Streams.GOPCacheBytes, GOPCacheAge: cfg.Streams.GOPCacheAge}
 	a.streams, err = signaling.OpenStreams(filepath.Join(cfg.Data, "streams.json"), func(name string) *media.Stream {
-		return media.NewStream(name, opts, mm, log)
+		st := media.NewStream(name, opts, mm, log)
+		st.Watch(func(media.State, string) {
+			if fn := a.nodeChanged.Load(); fn != nil {
+				go (*fn)()
+			}
+		})
+		return st
 	})
 	if err != nil {
 		rtc.Close()
@@ -175,6 +188,10 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 		rtc.Close()
 		return nil, err
 	}
+	if cfg.Cluster.NATSURL != "" {
+		// Every node must accept every viewer's token.
+		secret = clusterViewerSecret(cfg.Cluster.Secret)
+	}
 	om := overlay.NewMetrics(reg)
 	a.edge = signaling.New(signaling.Config{
 		ViewerSecret: secret,
@@ -186,6 +203,14 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 		Version:      version,
 		Commit:       commit(),
 	}, rtc, a.streams, a.store, reg, reg, log)
+	if cfg.Cluster.NATSURL != "" {
+		if err := a.joinCluster(reg, om); err != nil {
+			a.store.Close()
+			a.streams.Close()
+			rtc.Close()
+			return nil, err
+		}
+	}
 	// Before the first request: what the last run left on screen and on
 	// sale comes back, and sales that ran out meanwhile end now.
 	if err := a.edge.OpenShows(context.Background()); err != nil {
@@ -324,6 +349,9 @@ func (a *app) Close() error {
 	a.stop()
 	a.workers.Wait()
 	a.closeProtocols()
+	if a.cluster != nil {
+		a.cluster.Close()
+	}
 	a.edge.Shows(func(sh *overlay.Show) { sh.Close() })
 	a.streams.Close()
 	return errors.Join(err, a.rtc.Close(), a.store.Close())
@@ -347,13 +375,22 @@ func (a *app) sweepReservations(ctx context.Context, m *overlay.Metrics) {
 			continue
 		}
 		if n > 0 {
-			a.edge.Shows(func(sh *overlay.Show) {
-				for _, sku := range sh.CurrentSKUs() {
-					sh.StockChanged(sku)
-				}
-			})
+			a.stockReturned()
+			if a.cluster != nil {
+				a.cluster.ReservationsExpired()
+			}
 		}
 	}
+}
+
+// stockReturned tells the shows running here that reservations gave units
+// back, so viewers see the stock come back.
+func (a *app) stockReturned() {
+	a.edge.Shows(func(sh *overlay.Show) {
+		for _, sku := range sh.CurrentSKUs() {
+			sh.StockChanged(sku)
+		}
+	})
 }
 
 // pruneStore deletes old idempotency keys and acknowledged events, at start

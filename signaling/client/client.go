@@ -22,6 +22,15 @@ import (
 // interceptors (NACK, reports, TWCC). loopbackOnly keeps ICE on 127.0.0.1,
 // as tests and benchmarks must.
 func NewAPI(loopbackOnly bool) (*webrtc.API, error) {
+	if loopbackOnly {
+		return NewAPIOn(net.IPv4(127, 0, 0, 1))
+	}
+	return NewAPIOn(nil)
+}
+
+// NewAPIOn is NewAPI with ICE on one address only (nil: every address).
+// A node relaying another's stream uses its own WebRTC address.
+func NewAPIOn(ip net.IP) (*webrtc.API, error) {
 	m := &webrtc.MediaEngine{}
 	if err := m.RegisterDefaultCodecs(); err != nil {
 		return nil, err
@@ -32,10 +41,14 @@ func NewAPI(loopbackOnly bool) (*webrtc.API, error) {
 	}
 	var s webrtc.SettingEngine
 	s.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	if loopbackOnly {
-		s.SetIncludeLoopbackCandidate(true)
-		s.SetIPFilter(func(ip net.IP) bool { return ip.IsLoopback() })
-		s.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
+	if ip != nil {
+		s.SetIncludeLoopbackCandidate(ip.IsLoopback())
+		s.SetIPFilter(func(candidate net.IP) bool { return candidate.Equal(ip) || (ip.IsLoopback() && candidate.IsLoopback()) })
+		if ip.To4() != nil {
+			s.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP4})
+		} else {
+			s.SetNetworkTypes([]webrtc.NetworkType{webrtc.NetworkTypeUDP6})
+		}
 	}
 	return webrtc.NewAPI(webrtc.WithMediaEngine(m), webrtc.WithInterceptorRegistry(reg), webrtc.WithSettingEngine(s)), nil
 }
