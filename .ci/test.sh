@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Vitrine's whole test suite, on a machine that has only Go: installs what the
-# tests need from Debian (ffmpeg for the test clips, PostgreSQL for the store),
+# tests need from Debian (ffmpeg for the test clips, PostgreSQL for the store,
+# nats-server for the cluster),
 # starts a throwaway PostgreSQL on 127.0.0.1, checks formatting and vet, then
 # runs every test with the race detector.
 set -euo pipefail
@@ -13,6 +14,7 @@ command -v promtool >/dev/null || need+=(prometheus)
 [[ -x /usr/bin/chromium ]] || need+=(chromium)
 command -v npm >/dev/null || need+=(nodejs npm)
 command -v ip >/dev/null || need+=(iproute2)
+[[ -x /usr/sbin/nats-server ]] || need+=(nats-server)
 if ((${#need[@]})); then
 	sudo=""
 	[[ $(id -u) -eq 0 ]] || sudo=sudo
@@ -24,6 +26,7 @@ fi
 pgdir=$(mktemp -d)
 trap '.ci/postgres.sh stop "$pgdir" >/dev/null 2>&1 || true' EXIT
 VITRINE_TEST_POSTGRES=$(.ci/postgres.sh start "$pgdir")
+export PATH="$PATH:/usr/sbin"
 export VITRINE_TEST_POSTGRES
 
 go mod download
