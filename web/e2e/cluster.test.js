@@ -113,9 +113,13 @@ test('cluster: watch from any node, survive a drain and a crash', { skip, timeou
     const histogram = {};
     for (const d of deltas) histogram[d] = (histogram[d] || 0) + 1;
     t.diagnostic(`card frame on C minus clicked frame on A (frames: count): ${JSON.stringify(histogram)}`);
-    const within1 = deltas.filter((d) => Math.abs(d) <= 1).length;
+    // A card is never early; it is late when its message reaches C after
+    // the clicked frame is on screen (the cue is written to PostgreSQL on A
+    // before anyone hears of it, then crosses two data channels). The
+    // median must be within one frame, and none more than two late (the
+    // single-node accuracy test allows a median of two).
     assert.ok(Math.abs(median(deltas)) <= 1, `median card frame ${median(deltas)} frames from the click`);
-    assert.ok(within1 >= Math.ceil(N * 0.8), `${within1} of ${N} cards within one frame of the click`);
+    assert.ok(deltas.every((d) => d >= -1 && d <= 2), `every card within -1..+2 frames of the click: ${deltas}`);
   });
 
   await t.test('(b) SIGTERM C: the page moves to another node, no gap of 2 s', async () => {
