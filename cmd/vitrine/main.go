@@ -144,7 +144,16 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 	opts := media.StreamOptions{Grace: cfg.Streams.Grace, KeyframeInterval: cfg.Streams.KeyframeInterval, StaleAfter: cfg.Streams.StaleAfter,
 		ReencodeKeyframesOver: cfg.Streams.ReencodeKeyframesOver, JoinReplay: media.JoinReplay(cfg.Streams.JoinReplay),
 		GOPCacheBytes: cfg.Streams.GOPCacheBytes, GOPCacheAge: cfg.Streams.GOPCacheAge}
-	a.streams, err = signaling.OpenStreams(filepath.Join(cfg.Data, "streams.json"), func(name string) *media.Stream {
+	storeDSN := cfg.Store
+	if storeDSN == "" {
+		storeDSN = filepath.Join(cfg.Data, "vitrine.db")
+	}
+	a.store, err = sqlstore.Open(context.Background(), storeDSN)
+	if err != nil {
+		rtc.Close()
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	newStream := func(name string) *media.Stream {
 		st := media.NewStream(name, opts, mm, log)
 		st.Watch(func(media.State, string) {
 			if fn := a.nodeChanged.Load(); fn != nil {
@@ -152,20 +161,26 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 			}
 		})
 		return st
-	})
+	}
+	// On PostgreSQL the stream definitions are the cluster's, in the store;
+	// a single node's streams.json moves there once.
+	streamsFile := filepath.Join(cfg.Data, "streams.json")
+	if a.store.Dialect() == "postgres" {
+		var n int
+		n, err = signaling.ImportStreamsFile(context.Background(), a.store, streamsFile)
+		if n > 0 {
+			log.Info("streams: imported streams.json into PostgreSQL (now streams.json.imported)", "streams", n)
+		}
+		if err == nil {
+			a.streams, err = signaling.OpenStreamsInStore(context.Background(), a.store, newStream)
+		}
+	} else {
+		a.streams, err = signaling.OpenStreams(streamsFile, newStream)
+	}
 	if err != nil {
+		a.store.Close()
 		rtc.Close()
 		return nil, err
-	}
-	storeDSN := cfg.Store
-	if storeDSN == "" {
-		storeDSN = filepath.Join(cfg.Data, "vitrine.db")
-	}
-	a.store, err = sqlstore.Open(context.Background(), storeDSN)
-	if err != nil {
-		a.streams.Close()
-		rtc.Close()
-		return nil, fmt.Errorf("store: %w", err)
 	}
 	if cfg.Demo.Enabled {
 		err := a.ensureDemo()
