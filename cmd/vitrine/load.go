@@ -29,6 +29,7 @@ func load(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("vitrine load", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	server := fs.String("server", "http://localhost:8080", "the Vitrine to load (its HTTP base URL)")
+	publishTo := fs.String("publish", "", "publish the clip and post cues here instead of -server (a cluster's origin, to load an edge)")
 	stream := fs.String("stream", "demo", "stream to watch (and publish to with -key)")
 	key := fs.String("key", "", "stream key or admin token: publish the clip and post a cue each second (without it, only watch)")
 	clipFile := fs.String("clip", "", "H.264 Annex-B file to publish instead of the embedded clip (one slice per frame, no B-frames)")
@@ -71,7 +72,7 @@ func load(args []string, stdout, stderr io.Writer) error {
 		*twcc = *simulcast
 	}
 	cfg := loadtest.Config{
-		Server: *server, Stream: *stream, Key: *key, Viewers: *viewers, Rate: *rate,
+		Server: *server, Publish: *publishTo, Stream: *stream, Key: *key, Viewers: *viewers, Rate: *rate,
 		Duration: *duration, Interval: *interval, MetricsURL: *metrics, MetricsToken: *metricsToken,
 		Loopback: *loopback, LocalIP: *localIP, NACK: *nack, Pace: *pace,
 		Simulcast: *simulcast, TWCC: *twcc, Netns: *netnsName, NetnsIP: *netnsIP, NetnsViewers: *netnsViewers,

@@ -37,7 +37,10 @@ import (
 // Config says what to load and how.
 type Config struct {
 	Server string // base URL, e.g. http://10.0.0.5:8080
-	Stream string
+	// Publish is where the clip is published and cues posted (default
+	// Server): another node of a cluster, to load an edge.
+	Publish string
+	Stream  string
 	// Key is the stream key (or admin token). When set the tool publishes
 	// Clip itself and posts a timestamped custom cue every second; without
 	// it, it only watches what someone else publishes.
@@ -269,6 +272,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, fmt.Errorf("load: server %q is not an http(s) URL", cfg.Server)
 	}
 	cfg.Server = base.String()
+	if cfg.Publish == "" {
+		cfg.Publish = cfg.Server
+	}
+	cfg.Publish = strings.TrimRight(cfg.Publish, "/")
 	if cfg.MetricsURL == "" {
 		cfg.MetricsURL = cfg.Server + "/metrics"
 	}
@@ -357,7 +364,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
-		endpoint := cfg.Server + "/whip/" + url.PathEscape(cfg.Stream)
+		endpoint := cfg.Publish + "/whip/" + url.PathEscape(cfg.Stream)
 		jctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
 		var video []*layerOut
 		var audio *webrtc.TrackLocalStaticRTP
@@ -707,7 +714,7 @@ func (r *run) sendAudio(ctx context.Context, track *webrtc.TrackLocalStaticRTP) 
 func (r *run) postCues(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	endpoint := r.cfg.Server + "/api/v1/streams/" + url.PathEscape(r.cfg.Stream) + "/cues"
+	endpoint := r.cfg.Publish + "/api/v1/streams/" + url.PathEscape(r.cfg.Stream) + "/cues"
 	for n := 0; ; n++ {
 		select {
 		case <-ctx.Done():
