@@ -310,6 +310,10 @@ func (a *app) ensureDemo() error {
 	switch {
 	case !ok:
 		def, err = a.streams.Create("demo", a.cfg.Demo.Key)
+		if errors.Is(err, signaling.ErrStreamExists) {
+			// Another node of the cluster created it a moment ago.
+			return a.ensureDemo()
+		}
 	case a.cfg.Demo.Key != "" && !def.CheckKey(a.cfg.Demo.Key):
 		def, err = a.streams.SetKey("demo", a.cfg.Demo.Key)
 	}

@@ -157,7 +157,7 @@ test('a viewer on a 600 kbit/s link gets the low layer, plays, and climbs when t
   const top = await waitFor('the viewer reaches the top layer once the link opens', async () => {
     const s = await last(weak);
     return s && s.height === 540 ? s : null;
-  }, 15000);
+  }, 30000);
   t.diagnostic(`top layer ${Math.round(top.at - lifted)} ms after the limit was lifted`);
 
   // The unconstrained viewer stayed on the top layer the whole time.
