@@ -312,7 +312,11 @@ func (a *app) ensureDemo() error {
 		def, err = a.streams.Create("demo", a.cfg.Demo.Key)
 		if errors.Is(err, signaling.ErrStreamExists) {
 			// Another node of the cluster created it a moment ago.
-			return a.ensureDemo()
+			if err = a.streams.Reload(context.Background()); err == nil {
+				if def, _, ok = a.streams.Get("demo"); !ok {
+					err = signaling.ErrStreamUnknown
+				}
+			}
 		}
 	case a.cfg.Demo.Key != "" && !def.CheckKey(a.cfg.Demo.Key):
 		def, err = a.streams.SetKey("demo", a.cfg.Demo.Key)
