@@ -20,6 +20,10 @@ func (a *app) joinCluster(reg prometheus.Registerer, om *overlay.Metrics) error 
 		NATSURL: cc.NATSURL, AdvertiseURL: cc.AdvertiseURL, NodeID: cc.NodeID, Secret: []byte(cc.Secret),
 		MaxViewers: cc.MaxViewers, RelayGrace: cc.RelayGrace, ListenIP: a.cfg.WebRTC.ListenIP,
 		Streams: a.liveStreams,
+		Stream: func(name string) *media.Stream {
+			_, st, _ := a.streams.Get(name)
+			return st
+		},
 		Viewers: a.edge.ViewerCount,
 		Pulls:   a.edge.PullCount,
 		OnRelay: func(stream string) {

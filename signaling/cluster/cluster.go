@@ -50,6 +50,7 @@ type Config struct {
 
 	// What the cluster asks of the node.
 	Streams func() map[string]*media.Stream // this node's streams by name
+	Stream  func(name string) *media.Stream // one of them, nil if none
 	Viewers func() int                      // WHEP viewers here, not counting other nodes' pulls
 	Pulls   func() int                      // other nodes' pulls served here
 	// OnRelay is called when this node starts relaying a stream: a show
@@ -79,7 +80,6 @@ type Node struct {
 	Origins map[string]media.State `json:"origins"`
 	Relays  []string               `json:"relays"`
 	Pulls   int                    `json:"pulls"`
-	Version int                    `json:"-"`
 	seen    time.Time
 }
 
@@ -324,11 +324,12 @@ func (c *Cluster) forget(id string) {
 func (c *Cluster) Origin(stream string) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.originLocked(stream)
+	return c.originLocked(stream, c.cfg.Stream(stream))
 }
 
-func (c *Cluster) originLocked(stream string) string {
-	if st := c.cfg.Streams()[stream]; st != nil {
+// originLocked is Origin for st, this node's stream of that name (or nil).
+func (c *Cluster) originLocked(stream string, st *media.Stream) string {
+	if st != nil {
 		if in := st.Ingest(); in != nil && in.Protocol() != protocolRelay {
 			return ""
 		}

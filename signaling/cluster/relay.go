@@ -57,7 +57,7 @@ type Relay struct {
 // here.
 func (c *Cluster) Mirror(stream string, st *media.Stream) *overlay.Mirror {
 	c.mu.Lock()
-	origin := c.originLocked(stream)
+	origin := c.originLocked(stream, st)
 	if origin == "" {
 		c.mu.Unlock()
 		return nil
@@ -109,7 +109,7 @@ func (c *Cluster) reconcile() {
 	c.mu.Lock()
 	for name, r := range c.relays {
 		st := streams[name]
-		origin := c.originLocked(name)
+		origin := c.originLocked(name, st)
 		switch {
 		case st == nil || st != r.st || origin != r.origin || r.dead():
 			stop = append(stop, r)
@@ -130,7 +130,7 @@ func (c *Cluster) reconcile() {
 		if c.relays[name] != nil || st.ViewerCount() == 0 {
 			continue
 		}
-		if origin := c.originLocked(name); origin != "" {
+		if origin := c.originLocked(name, st); origin != "" {
 			c.relayLocked(name, origin, st)
 			started = append(started, name)
 		}
