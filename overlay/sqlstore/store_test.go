@@ -113,6 +113,8 @@ func runConformance(t *testing.T, open func(t *testing.T) *Store) {
 		{"ShowState", testShowState},
 		{"ShowChangeAllOrNothing", testShowChangeAllOrNothing},
 		{"SaleEndedEvent", testSaleEndedEvent},
+		{"ChatNames", testChatNames},
+		{"ChatMessages", testChatMessages},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })

@@ -1,0 +1,43 @@
+package chat
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are chat's collectors, registered on the registry handed to
+// NewMetrics.
+type Metrics struct {
+	messages   *prometheus.CounterVec
+	refused    *prometheus.CounterVec
+	moderation *prometheus.CounterVec
+	reactions  prometheus.Counter
+	deliveries *prometheus.CounterVec
+	saveErrors prometheus.Counter
+}
+
+// NewMetrics creates the collectors and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_chat_messages_total", Help: "Chat messages taken, by status: visible, held (for approval)."}, []string{"status"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_chat_refused_total", Help: "Chat messages, names and reactions refused, by reason (muted, banned, slow_mode, rate_limited, name_taken, ...)."}, []string{"reason"}),
+		moderation: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_chat_moderation_total", Help: "Moderation actions taken, by action."}, []string{"action"}),
+		reactions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vitrine_chat_reactions_total", Help: "Reaction taps counted."}),
+		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_chat_deliveries_total", Help: "Chat messages sent to viewers (one per viewer), by type."}, []string{"type"}),
+		saveErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vitrine_chat_store_errors_total", Help: "Failed writes of chat messages (kept and tried again)."}),
+	}
+	for _, s := range []string{StatusVisible, StatusHeld} {
+		m.messages.WithLabelValues(s)
+	}
+	for _, r := range []string{"invalid", "name_required", "muted", "banned", "slow_mode", "rate_limited", "reaction_dropped"} {
+		m.refused.WithLabelValues(r)
+	}
+	reg.MustRegister(m.messages, m.refused, m.moderation, m.reactions, m.deliveries, m.saveErrors)
+	return m
+}
+
+// Refused counts a refusal decided outside a room (a name).
+func (m *Metrics) Refused(reason string) { m.refused.WithLabelValues(reason).Inc() }

@@ -1,0 +1,543 @@
+package chat
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Clock is the stream's media clock: the RTP timestamp of the newest video
+// frame ingested (the overlay's Clock has it too).
+type Clock interface {
+	Latest() (uint32, bool)
+}
+
+// Config is what every room shares.
+type Config struct {
+	Store   Store
+	Names   *Names
+	Metrics *Metrics
+	Log     *slog.Logger
+	Now     func() time.Time
+	// History is how many messages a late joiner gets.
+	History int
+	// BatchEvery: messages that come within it of the last batch go out
+	// together, so a busy chat costs each viewer a few sends per second, not
+	// one per message. A quiet chat's message goes out at once.
+	BatchEvery time.Duration
+	// ReactEvery: reaction counts go out at most this often.
+	ReactEvery time.Duration
+	// SaveEvery: messages are written to the store in batches this often,
+	// so that chat never queues one transaction per message in front of
+	// the buys of a flash sale. A crash loses at most this much chat.
+	SaveEvery time.Duration
+}
+
+func (cfg Config) withDefaults() Config {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.History <= 0 {
+		cfg.History = 50
+	}
+	if cfg.BatchEvery <= 0 {
+		cfg.BatchEvery = 100 * time.Millisecond
+	}
+	if cfg.ReactEvery <= 0 {
+		cfg.ReactEvery = 250 * time.Millisecond
+	}
+	if cfg.SaveEvery <= 0 {
+		cfg.SaveEvery = 250 * time.Millisecond
+	}
+	return cfg
+}
+
+// Bounds of what a room holds in memory.
+const (
+	maxHeld    = 500    // held messages kept for moderators (older ones stay in the store)
+	maxUnsaved = 10_000 // messages waiting for the store when it is down
+	recentView = 500    // messages a moderator's view looks through
+)
+
+// ErrClosed: the room's stream was deleted.
+var ErrClosed = errors.New("chat: the room is closed")
+
+// Post is a message as the room receives it.
+type Post struct {
+	Viewer   string // the viewer's id; "" for the studio
+	Role     string // RoleHost or RoleModerator for the studio, "" for viewers
+	Text     string
+	Question bool
+}
+
+// Room is the chat of one stream.
+type Room struct {
+	stream   string
+	clock    Clock
+	onScreen func() string // the SKU whose card is on screen, "" for none
+	cfg      Config
+
+	saveMu sync.Mutex // one writer of unsaved at a time
+
+	mu         sync.Mutex
+	state      RoomState
+	recent     []Message // visible, oldest first, at most cfg.History
+	held       []Message // waiting for approval, oldest first
+	pinned     *Message
+	subs       map[int]func([]byte)
+	nextSub    int
+	batch      []Message // visible messages not sent yet
+	batchArmed bool
+	lastBatch  time.Time
+	unsaved    []Message
+	viewers    map[string]*poster
+	reactions  map[string]int
+	closed     bool
+	stop       chan struct{}
+	stopOnce   sync.Once
+	done       chan struct{}
+}
+
+// poster is what a room tracks of one viewer's sending.
+type poster struct {
+	msgs     bucket // 3 at once, then 1 per second
+	taps     bucket // 10 reactions per second
+	lastPost time.Time
+	seen     time.Time
+}
+
+// NewRoom opens a stream's room where the store left it: settings,
+// sanctions, pinned message, the last messages and those held.
+func NewRoom(ctx context.Context, stream string, clock Clock, onScreen func() string, cfg Config) (*Room, error) {
+	cfg = cfg.withDefaults()
+	r := &Room{stream: stream, clock: clock, onScreen: onScreen, cfg: cfg, subs: map[int]func([]byte){},
+		viewers: map[string]*poster{}, reactions: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
+	st, err := cfg.Store.ChatRoom(ctx, stream)
+	if err != nil {
+		return nil, err
+	}
+	r.state = st
+	recent, err := cfg.Store.RecentChat(ctx, stream, recentView)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range recent {
+		switch m.Status {
+		case StatusVisible:
+			r.recent = append(r.recent, m)
+		case StatusHeld:
+			r.held = append(r.held, m)
+		}
+	}
+	r.recent = lastN(r.recent, cfg.History)
+	r.held = lastN(r.held, maxHeld)
+	if st.PinnedID != "" {
+		m, err := cfg.Store.ChatMessage(ctx, stream, st.PinnedID)
+		if err == nil && m.Status == StatusVisible {
+			r.pinned = &m
+		}
+	}
+	go r.loop()
+	return r, nil
+}
+
+func lastN(ms []Message, n int) []Message {
+	if len(ms) > n {
+		return slices.Clone(ms[len(ms)-n:])
+	}
+	return ms
+}
+
+// Close stops the room's timers and writes what is left to the store.
+func (r *Room) Close() {
+	r.stopOnce.Do(func() {
+		close(r.stop)
+		<-r.done
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		r.save(ctx)
+		r.mu.Lock()
+		r.closed = true
+		r.mu.Unlock()
+	})
+}
+
+// loop sends reaction counts, writes messages to the store and forgets
+// viewers who went quiet.
+func (r *Room) loop() {
+	defer close(r.done)
+	react := time.NewTicker(r.cfg.ReactEvery)
+	defer react.Stop()
+	save := time.NewTicker(r.cfg.SaveEvery)
+	defer save.Stop()
+	tidy := time.NewTicker(time.Minute)
+	defer tidy.Stop()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-react.C:
+			r.sendReactions()
+		case <-save.C:
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			r.save(ctx)
+			cancel()
+		case now := <-tidy.C:
+			r.mu.Lock()
+			for id, p := range r.viewers {
+				if now.Sub(p.seen) > time.Minute {
+					delete(r.viewers, id)
+				}
+			}
+			r.mu.Unlock()
+		}
+	}
+}
+
+// save writes the messages not stored yet. When the store fails they are
+// kept (up to maxUnsaved) for the next try: chat goes on meanwhile.
+func (r *Room) save(ctx context.Context) {
+	r.saveMu.Lock()
+	defer r.saveMu.Unlock()
+	r.mu.Lock()
+	ms := r.unsaved
+	r.unsaved = nil
+	r.mu.Unlock()
+	if len(ms) == 0 {
+		return
+	}
+	if err := r.cfg.Store.AddChatMessages(ctx, ms); err != nil {
+		r.cfg.Log.Error("chat: store messages, trying again", "stream", r.stream, "messages", len(ms), "err", err)
+		r.cfg.Metrics.saveErrors.Inc()
+		r.mu.Lock()
+		r.unsaved = append(ms, r.unsaved...)
+		if over := len(r.unsaved) - maxUnsaved; over > 0 {
+			r.unsaved = r.unsaved[over:]
+			r.cfg.Metrics.refused.WithLabelValues("not_stored").Add(float64(over))
+		}
+		r.mu.Unlock()
+	}
+}
+
+// snapshotMessage is a new subscriber's first chat message.
+type snapshotMessage struct {
+	V        int       `json:"v"`
+	Type     string    `json:"type"`
+	Messages []Message `json:"messages"`
+	Pinned   *Message  `json:"pinned,omitempty"`
+	SlowSec  int       `json:"slow_s"`
+	You      *you      `json:"you,omitempty"`
+}
+
+type you struct {
+	Name       string `json:"name,omitempty"`
+	MutedUntil int64  `json:"muted_until_ms,omitempty"`
+	Banned     bool   `json:"banned,omitempty"`
+}
+
+// Subscribe sends the chat snapshot at once (the last messages, the pinned
+// one, slow mode, and for a viewer its name and sanctions), then every chat
+// message until cancel. viewer is "" for SSE readers. send must not block.
+func (r *Room) Subscribe(ctx context.Context, viewer string, send func([]byte)) (cancel func()) {
+	var me *you
+	if viewer != "" {
+		name, err := r.cfg.Names.Get(ctx, viewer)
+		if err != nil {
+			r.cfg.Log.Warn("chat: read a viewer's name", "err", err)
+		}
+		me = &you{Name: name}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if me != nil {
+		s := r.state.Sanctions[viewer]
+		me.Banned = s.Banned
+		if s.MutedUntil > r.cfg.Now().UnixMilli() {
+			me.MutedUntil = s.MutedUntil
+		}
+	}
+	snap := snapshotMessage{V: 1, Type: "chat.snapshot", Messages: public(r.recent), SlowSec: r.state.Settings.SlowSec, You: me}
+	if r.pinned != nil {
+		p := publicOne(*r.pinned)
+		snap.Pinned = &p
+	}
+	b, _ := json.Marshal(snap)
+	send(b)
+	r.cfg.Metrics.deliveries.WithLabelValues("chat.snapshot").Inc()
+	id := r.nextSub
+	r.nextSub++
+	r.subs[id] = send
+	return func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		delete(r.subs, id)
+	}
+}
+
+func publicOne(m Message) Message {
+	m.Status = ""
+	return m
+}
+
+func public(ms []Message) []Message {
+	out := make([]Message, len(ms))
+	for i, m := range ms {
+		out[i] = publicOne(m)
+	}
+	return out
+}
+
+// Post takes a message from a viewer or the studio. It answers with the
+// message as stored (Status visible or held) or a *Refusal.
+func (r *Room) Post(ctx context.Context, p Post) (Message, error) {
+	text, err := CleanText(p.Text)
+	if err != nil {
+		r.cfg.Metrics.refused.WithLabelValues("invalid").Inc()
+		return Message{}, err
+	}
+	var name string
+	switch p.Role {
+	case RoleHost:
+		name = "Host"
+	case RoleModerator:
+		name = "Moderator"
+	default:
+		if name, err = r.cfg.Names.Get(ctx, p.Viewer); err != nil {
+			return Message{}, err
+		}
+		if name == "" {
+			r.cfg.Metrics.refused.WithLabelValues("name_required").Inc()
+			return Message{}, refuse("name_required", "pick a name before you chat")
+		}
+	}
+	var sku string
+	if p.Question && r.onScreen != nil {
+		sku = r.onScreen()
+	}
+	now := r.cfg.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return Message{}, ErrClosed
+	}
+	if p.Role == "" {
+		if refusal := r.mayPost(p.Viewer, now); refusal != nil {
+			r.cfg.Metrics.refused.WithLabelValues(refusal.Code).Inc()
+			return Message{}, refusal
+		}
+	}
+	m := Message{ID: "c" + strings.ToLower(rand.Text()), Stream: r.stream, Viewer: p.Viewer, Name: name, Role: p.Role,
+		Question: p.Question, SKU: sku, TS: now.UnixMilli(), Status: StatusVisible}
+	if at, ok := r.clock.Latest(); ok {
+		m.At = &at
+	}
+	filter := r.state.Settings.Filter
+	var hit bool
+	m.Text, hit = filter.apply(text)
+	if p.Role == "" && (r.state.Settings.Calm || (hit && filter.Mode == FilterHold)) {
+		m.Status = StatusHeld
+	}
+	r.unsaved = append(r.unsaved, m)
+	if m.Status == StatusHeld {
+		r.held = lastN(append(r.held, m), maxHeld)
+	} else {
+		r.publish(m, now)
+	}
+	r.cfg.Metrics.messages.WithLabelValues(m.Status).Inc()
+	return m, nil
+}
+
+// mayPost checks a viewer's sanctions, slow mode and rate; r.mu held.
+func (r *Room) mayPost(viewer string, now time.Time) *Refusal {
+	s := r.state.Sanctions[viewer]
+	if s.Banned {
+		return refuse("banned", "you are banned from this stream's chat")
+	}
+	if wait := time.UnixMilli(s.MutedUntil).Sub(now); s.MutedUntil > 0 && wait > 0 {
+		rf := refuse("muted", "you are muted for %s", roundUp(wait))
+		rf.RetryAfter = wait
+		return rf
+	}
+	p := r.poster(viewer, now)
+	if slow := time.Duration(r.state.Settings.SlowSec) * time.Second; slow > 0 && !p.lastPost.IsZero() {
+		if wait := p.lastPost.Add(slow).Sub(now); wait > 0 {
+			rf := refuse("slow_mode", "slow mode: one message every %d s; wait %s", r.state.Settings.SlowSec, roundUp(wait))
+			rf.RetryAfter = wait
+			return rf
+		}
+	}
+	if wait := p.msgs.take(now); wait > 0 {
+		rf := refuse("rate_limited", "too many messages; slow down")
+		rf.RetryAfter = wait
+		return rf
+	}
+	p.lastPost = now
+	return nil
+}
+
+func roundUp(d time.Duration) string {
+	if d > time.Minute {
+		return (d + time.Minute - 1).Truncate(time.Minute).String()
+	}
+	return (d + time.Second - 1).Truncate(time.Second).String()
+}
+
+// poster returns what the room tracks of a viewer; r.mu held.
+func (r *Room) poster(viewer string, now time.Time) *poster {
+	p, ok := r.viewers[viewer]
+	if !ok {
+		p = &poster{msgs: bucket{rate: 1, burst: 3}, taps: bucket{rate: 10, burst: 10}}
+		r.viewers[viewer] = p
+	}
+	p.seen = now
+	return p
+}
+
+// publish queues a visible message for every subscriber; r.mu held.
+func (r *Room) publish(m Message, now time.Time) {
+	r.recent = append(r.recent, m)
+	if len(r.recent) > r.cfg.History {
+		r.recent = slices.Clone(r.recent[len(r.recent)-r.cfg.History:])
+	}
+	r.batch = append(r.batch, m)
+	if r.batchArmed {
+		return
+	}
+	wait := r.lastBatch.Add(r.cfg.BatchEvery).Sub(now)
+	if wait <= 0 {
+		r.flushBatch(now)
+		return
+	}
+	r.batchArmed = true
+	time.AfterFunc(wait, func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.flushBatch(r.cfg.Now())
+	})
+}
+
+// flushBatch sends the queued messages in one `chat`; r.mu held.
+func (r *Room) flushBatch(now time.Time) {
+	r.batchArmed = false
+	if len(r.batch) == 0 {
+		return
+	}
+	b, _ := json.Marshal(struct {
+		V        int       `json:"v"`
+		Type     string    `json:"type"`
+		Messages []Message `json:"messages"`
+	}{1, "chat", public(r.batch)})
+	r.batch = nil
+	r.lastBatch = now
+	r.send("chat", b)
+}
+
+// broadcast sends a message to every subscriber after the queued chat, so
+// that viewers hear of a message before what happens to it; r.mu held.
+func (r *Room) broadcast(v any, kind string) {
+	r.flushBatch(r.cfg.Now())
+	b, err := json.Marshal(v)
+	if err != nil {
+		r.cfg.Log.Error("chat: marshal", "err", err)
+		return
+	}
+	r.send(kind, b)
+}
+
+func (r *Room) send(kind string, b []byte) {
+	for _, send := range r.subs {
+		send(b)
+	}
+	r.cfg.Metrics.deliveries.WithLabelValues(kind).Add(float64(len(r.subs)))
+}
+
+// React counts a viewer's tap. Taps past 10 per second per viewer are
+// dropped without a word: a reaction is worth less than its answer.
+func (r *Room) React(viewer, value string) error {
+	if !ValidReaction(value) {
+		return refuse("invalid", "a reaction is one of %s", strings.Join(Reactions, ", "))
+	}
+	now := r.cfg.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.poster(viewer, now).taps.take(now) > 0 {
+		r.cfg.Metrics.refused.WithLabelValues("reaction_dropped").Inc()
+		return nil
+	}
+	r.reactions[value]++
+	r.cfg.Metrics.reactions.Inc()
+	return nil
+}
+
+// sendReactions sends the taps counted since the last time, if any.
+func (r *Room) sendReactions() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.reactions) == 0 {
+		return
+	}
+	r.broadcast(struct {
+		V      int            `json:"v"`
+		Type   string         `json:"type"`
+		Counts map[string]int `json:"counts"`
+	}{1, "reactions", r.reactions}, "reactions")
+	r.reactions = map[string]int{}
+}
+
+// Banned reports whether a viewer is banned here (from chat and buying).
+func (r *Room) Banned(viewer string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.state.Sanctions[viewer].Banned
+}
+
+// NewModeratorKey makes the room's moderator key; the previous one stops
+// working. Only its hash is stored.
+func (r *Room) NewModeratorKey(ctx context.Context, by string) (string, error) {
+	key := "mod_" + rand.Text()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	next := r.state.clone()
+	next.ModeratorKeyHash = hashKey(key)
+	if err := r.cfg.Store.SaveChatRoom(ctx, r.stream, next, nil, Action{At: r.cfg.Now(), By: by, Action: "moderator_key"}); err != nil {
+		return "", err
+	}
+	r.state = next
+	r.cfg.Metrics.moderation.WithLabelValues("moderator_key").Inc()
+	return key, nil
+}
+
+// CheckModeratorKey reports whether key is the room's moderator key.
+func (r *Room) CheckModeratorKey(key string) bool {
+	r.mu.Lock()
+	h := r.state.ModeratorKeyHash
+	r.mu.Unlock()
+	return h != "" && subtle.ConstantTimeCompare([]byte(h), []byte(hashKey(key))) == 1
+}
+
+func hashKey(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:])
+}
+
+func (st RoomState) clone() RoomState {
+	st.Sanctions = maps.Clone(st.Sanctions)
+	if st.Sanctions == nil {
+		st.Sanctions = map[string]Sanction{}
+	}
+	st.Settings.Filter.Words = slices.Clone(st.Settings.Filter.Words)
+	return st
+}
