@@ -134,6 +134,16 @@ func (m *Mirror) Subscribe(send func([]byte)) (cancel func()) {
 	}
 }
 
+// OnScreen is the SKU whose card viewers see now, "" for none.
+func (m *Mirror) OnScreen() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.card == nil {
+		return ""
+	}
+	return m.card.SKU
+}
+
 // Buy reserves units for a viewer of this node.
 func (m *Mirror) Buy(ctx context.Context, viewer, sku string, qty int64, key string) (BuyResult, error) {
 	res, err := buy(ctx, m.cfg, m.stream, viewer, sku, qty, key)

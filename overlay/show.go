@@ -698,6 +698,16 @@ func (s *Show) flushStock() {
 	}
 }
 
+// OnScreen is the SKU whose card viewers see now, "" for none.
+func (s *Show) OnScreen() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.card == nil {
+		return ""
+	}
+	return s.card.SKU
+}
+
 // CurrentSKUs are the products the show offers now, whose stock can change
 // when reservations expire.
 func (s *Show) CurrentSKUs() []string {

@@ -17,6 +17,7 @@ import (
 	"github.com/vitrine-live/vitrine/media"
 	"github.com/vitrine-live/vitrine/media/alloc"
 	"github.com/vitrine-live/vitrine/overlay"
+	"github.com/vitrine-live/vitrine/overlay/chat"
 )
 
 // overlayRoutes mounts the live-commerce API: cues, the overlay snapshot and
@@ -288,8 +289,14 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	room, ok := s.roomOr503(w, def.Name, st)
+	if !ok {
+		return
+	}
 	unsubscribe := sh.Subscribe(send)
 	defer unsubscribe()
+	unchat := room.Subscribe(r.Context(), "", send)
+	defer unchat()
 	unwatch := st.Watch(func(state media.State, reason string) {
 		b, _ := json.Marshal(StateMessage{V: 1, Type: "stream.state", State: state, Reason: reason})
 		send(b)
@@ -348,7 +355,11 @@ type ViewerMessage struct {
 	Qty     int64  `json:"qty,omitempty"`
 	Key     string `json:"key,omitempty"`
 	OrderID string `json:"order_id,omitempty"`
-	Value   string `json:"value,omitempty"` // quality: auto, high, medium, low
+	Value   string `json:"value,omitempty"` // quality: auto, high, medium, low; react: heart, ...
+	// chat and chat.name
+	Text     string `json:"text,omitempty"`
+	Question bool   `json:"question,omitempty"`
+	Name     string `json:"name,omitempty"`
 }
 
 // maxViewerMessage caps what a viewer may send in one message.
@@ -366,6 +377,11 @@ type viewerReply struct {
 	Viewer  string             `json:"viewer,omitempty"`
 	Value   string             `json:"value,omitempty"`
 	Nodes   []string           `json:"nodes,omitempty"` // welcome, in a cluster
+	// chat.result, chat.name.result, and refusals that may pass
+	ID           string `json:"id,omitempty"`
+	Status       string `json:"status,omitempty"`
+	Name         string `json:"name,omitempty"`
+	RetryAfterMS int64  `json:"retry_after_ms,omitempty"`
 }
 
 // qualitySetter is the viewer's session as the quality message sees it
@@ -374,23 +390,72 @@ type qualitySetter interface {
 	SetQuality(alloc.Choice) error
 }
 
-// onViewerMessage handles buy, confirm and quality from the data channel
-// of session q. A bad message gets an error reply; the viewer's session and
-// the stream go on.
-func (s *Server) onViewerMessage(sh viewerShow, viewer string, q qualitySetter, raw []byte) viewerReply {
+// viewerSession is what a viewer's data-channel messages act on.
+type viewerSession struct {
+	show   viewerShow
+	room   *chat.Room
+	viewer string
+	ip     string // the address of its WHEP POST
+	q      qualitySetter
+	// limit paces buys, confirms and quality choices: a burst of 10 and 5
+	// per second is far above a person and keeps a script from hammering
+	// the store through one session. Chat and reactions have the room's own
+	// limits. (pion delivers one session's messages in order on one
+	// goroutine, so the bucket needs no lock.)
+	limit *tokenBucket
+}
+
+// onViewerMessage handles a message from a viewer's data channel. A bad
+// message gets an error reply; the viewer's session and the stream go on.
+// A reaction gets no reply (ok false).
+func (s *Server) onViewerMessage(vs viewerSession, raw []byte) (reply viewerReply, ok bool) {
 	if len(raw) > maxViewerMessage {
 		s.metrics.badMessages.Inc()
-		return viewerReply{V: 1, Type: "error", Code: "too_large", Message: fmt.Sprintf("messages are at most %d bytes", maxViewerMessage)}
+		return viewerReply{V: 1, Type: "error", Code: "too_large", Message: fmt.Sprintf("messages are at most %d bytes", maxViewerMessage)}, true
 	}
 	var m ViewerMessage
 	if err := json.Unmarshal(raw, &m); err != nil {
 		s.metrics.badMessages.Inc()
-		return viewerReply{V: 1, Type: "error", Code: "bad_message", Message: "not a JSON message"}
+		return viewerReply{V: 1, Type: "error", Code: "bad_message", Message: "not a JSON message"}, true
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	switch m.Type {
+	case "react":
+		if err := vs.room.React(vs.viewer, m.Value); err != nil {
+			s.metrics.badMessages.Inc()
+			return s.chatReply(err, ""), true
+		}
+		return viewerReply{}, false
+	case "chat":
+		msg, err := vs.room.Post(ctx, chat.Post{Viewer: vs.viewer, Text: m.Text, Question: m.Question})
+		if err != nil {
+			return s.chatReply(err, m.Key), true
+		}
+		return viewerReply{V: 1, Type: "chat.result", Key: m.Key, ID: msg.ID, Status: msg.Status}, true
+	case "chat.name":
+		name, err := s.chatCfg.Names.Set(ctx, vs.viewer, vs.ip, m.Name)
+		if err != nil {
+			s.nameRefused(err)
+			return s.chatReply(err, ""), true
+		}
+		return viewerReply{V: 1, Type: "chat.name.result", Name: name}, true
+	}
+	if !vs.limit.allow(time.Now()) {
+		s.metrics.badMessages.Inc()
+		return viewerReply{V: 1, Type: "error", Code: "rate_limited", Message: "too many messages; slow down"}, true
+	}
+	return s.onCommerceMessage(ctx, vs, m), true
+}
+
+// onCommerceMessage handles buy, confirm and quality.
+func (s *Server) onCommerceMessage(ctx context.Context, vs viewerSession, m ViewerMessage) viewerReply {
+	sh, viewer, q := vs.show, vs.viewer, vs.q
+	switch m.Type {
 	case "buy":
+		if vs.room.Banned(viewer) {
+			return viewerReply{V: 1, Type: "error", Code: "banned", Message: "you are banned from this stream", Key: m.Key}
+		}
 		res, err := sh.Buy(ctx, viewer, m.SKU, m.Qty, m.Key)
 		if err != nil {
 			code, msg := buyErrorCode(err)
@@ -425,7 +490,7 @@ func (s *Server) onViewerMessage(sh viewerShow, viewer string, q qualitySetter, 
 		return viewerReply{V: 1, Type: "quality.result", Value: string(c)}
 	default:
 		s.metrics.badMessages.Inc()
-		return viewerReply{V: 1, Type: "error", Code: "bad_message", Message: "type must be buy, confirm or quality"}
+		return viewerReply{V: 1, Type: "error", Code: "bad_message", Message: "type must be buy, confirm, quality, chat, chat.name or react"}
 	}
 }
 
@@ -471,6 +536,14 @@ func (s *Server) postBuy(w http.ResponseWriter, r *http.Request) {
 	}
 	sh, _, ok := s.viewerShowOr503(w, def.Name, st)
 	if !ok {
+		return
+	}
+	room, ok := s.roomOr503(w, def.Name, st)
+	if !ok {
+		return
+	}
+	if room.Banned(viewer) {
+		writeError(w, http.StatusForbidden, "banned", "you are banned from this stream")
 		return
 	}
 	res, err := sh.Buy(r.Context(), viewer, m.SKU, m.Qty, m.Key)

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vitrine-live/vitrine/media"
 	"github.com/vitrine-live/vitrine/overlay"
+	"github.com/vitrine-live/vitrine/overlay/chat"
 )
 
 // ICEServer is a STUN or TURN server offered to clients in WHIP/WHEP Link
@@ -42,6 +43,9 @@ type Config struct {
 	// Show configures every stream's commerce overlay; its Store is the
 	// store passed to New.
 	Show overlay.ShowConfig
+	// Chat configures every stream's chat room; its Store defaults to the
+	// store passed to New when that keeps chat too.
+	Chat chat.Config
 }
 
 // Server serves the HTTP API.
@@ -67,6 +71,8 @@ type Server struct {
 	// store, and sessions should not wait with it.
 	showsMu sync.Mutex
 	shows   map[string]*overlay.Show
+	rooms   map[string]*chat.Room // guarded by showsMu too
+	chatCfg chat.Config
 }
 
 type edgeMetrics struct {
@@ -100,8 +106,22 @@ func New(cfg Config, rtc *media.WebRTC, streams *Streams, store overlay.Store, r
 	if showCfg.Metrics == nil {
 		showCfg.Metrics = overlay.NewMetrics(reg)
 	}
+	chatCfg := cfg.Chat
+	if cs, ok := store.(chat.Store); ok && chatCfg.Store == nil {
+		chatCfg.Store = cs
+	}
+	if chatCfg.Log == nil {
+		chatCfg.Log = log
+	}
+	if chatCfg.Metrics == nil {
+		chatCfg.Metrics = chat.NewMetrics(reg)
+	}
+	if chatCfg.Names == nil {
+		chatCfg.Names = chat.NewNames(chatCfg.Store, 10, nil)
+	}
 	return &Server{cfg: cfg, rtc: rtc, streams: streams, store: store, gatherer: gatherer, log: log, metrics: m,
-		showCfg: showCfg, sessions: map[string]*session{}, shows: map[string]*overlay.Show{}}
+		showCfg: showCfg, sessions: map[string]*session{}, shows: map[string]*overlay.Show{},
+		rooms: map[string]*chat.Room{}, chatCfg: chatCfg}
 }
 
 // SetReady makes /readyz answer 200 (after startup completed).
@@ -140,6 +160,7 @@ func (s *Server) Handler(extra func(mux *http.ServeMux)) http.Handler {
 	route("OPTIONS /api/v1/", s.options)
 	s.catalogRoutes(route)
 	s.overlayRoutes(route)
+	s.chatRoutes(route)
 
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -342,6 +363,7 @@ func (s *Server) deleteStream(w http.ResponseWriter, r *http.Request) {
 			delete(s.shows, r.PathValue("stream"))
 		}
 		s.showsMu.Unlock()
+		s.closeRoom(r.PathValue("stream"))
 	}
 	switch {
 	case errors.Is(err, ErrStreamUnknown):

@@ -84,21 +84,21 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	room, ok := s.roomOr503(w, name, st)
+	if !ok {
+		return
+	}
 	var mu sync.Mutex
 	var cancels []func()
 	var channel *media.Viewer
 	closed := false
-	// A page sends a buy, a confirm or a quality choice per press: a burst
-	// of 10 and 5 per second is far above a person and keeps a script from
-	// hammering the store through one session. (pion delivers one session's
-	// messages in order on one goroutine, so the bucket needs no lock.)
-	limit := &tokenBucket{rate: 5, burst: 10}
+	vs := viewerSession{show: sh, room: room, viewer: viewer, ip: remoteIP(r), limit: &tokenBucket{rate: 5, burst: 10}}
 	hooks := media.ViewerHooks{
 		// On its data channel the player gets the overlay snapshot first
 		// (card, sale, stock), then who it is (a token to keep for next
 		// time, and in a cluster the nodes to fail over to), the stream's
-		// state (for its waiting, reconnecting and ended screens) and every
-		// live cue.
+		// state (for its waiting, reconnecting and ended screens), every
+		// live cue, and the chat (its snapshot first).
 		ChannelOpen: func(v *media.Viewer) {
 			send := func(b []byte) { _ = v.Send(b) }
 			c1 := sh.Subscribe(send)
@@ -112,26 +112,27 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 				msg, _ := json.Marshal(StateMessage{V: 1, Type: "stream.state", State: state, Reason: reason})
 				send(msg)
 			})
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			c3 := room.Subscribe(ctx, viewer, send)
+			cancel()
 			mu.Lock()
 			defer mu.Unlock()
 			if closed { // the viewer left while the channel opened
 				c1()
 				c2()
+				c3()
 				return
 			}
 			channel = v
-			cancels = append(cancels, c1, c2)
+			cancels = append(cancels, c1, c2, c3)
 		},
 		Message: func(v *media.Viewer, msg []byte) {
-			var r viewerReply
-			if limit.allow(time.Now()) {
-				r = s.onViewerMessage(sh, viewer, v, msg)
-			} else {
-				s.metrics.badMessages.Inc()
-				r = viewerReply{V: 1, Type: "error", Code: "rate_limited", Message: "too many messages; slow down"}
+			vs := vs
+			vs.q = v
+			if r, ok := s.onViewerMessage(vs, msg); ok {
+				reply, _ := json.Marshal(r)
+				_ = v.Send(reply)
 			}
-			reply, _ := json.Marshal(r)
-			_ = v.Send(reply)
 		},
 		Closed: func(*media.Viewer) {
 			mu.Lock()

@@ -58,6 +58,15 @@ type Config struct {
 		WebhookSecret  string        `yaml:"webhook_secret"`
 	} `yaml:"commerce"`
 
+	Chat struct {
+		// Retention is how long chat messages and the moderation log are
+		// kept (env VITRINE_CHAT_RETENTION).
+		Retention time.Duration `yaml:"retention"`
+		// NewNamesPerIP is how many new chat identities one address may
+		// create per 10 minutes.
+		NewNamesPerIP int `yaml:"new_names_per_ip"`
+	} `yaml:"chat"`
+
 	CORS struct {
 		AllowOrigins []string `yaml:"allow_origins"`
 	} `yaml:"cors"`
@@ -112,6 +121,8 @@ func defaultConfig() Config {
 	c.Streams.GOPCacheBytes = media.DefaultGOPCacheBytes
 	c.Streams.GOPCacheAge = media.DefaultGOPCacheAge
 	c.Commerce.ReservationTTL = 5 * time.Minute
+	c.Chat.Retention = 30 * 24 * time.Hour
+	c.Chat.NewNamesPerIP = 10
 	c.CORS.AllowOrigins = []string{"*"}
 	c.Demo.Enabled = true
 	c.RTMP.Address = ":1935"
@@ -196,6 +207,13 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 		}
 		c.Streams.ReencodeKeyframesOver = d
 	}
+	if v := getenv("VITRINE_CHAT_RETENTION"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return c, fmt.Errorf("VITRINE_CHAT_RETENTION: %q is not a duration (720h)", v)
+		}
+		c.Chat.Retention = d
+	}
 	envString("VITRINE_JOIN_REPLAY", &c.Streams.JoinReplay)
 	if v := getenv("VITRINE_NAT_1TO1_IPS"); v != "" {
 		c.WebRTC.NAT1To1IPs = strings.Split(v, ",")
@@ -232,6 +250,9 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	}
 	if c.Streams.GOPCacheBytes < 0 || c.Streams.GOPCacheAge < 0 {
 		return c, fmt.Errorf("streams.gop_cache_bytes and gop_cache_age must not be negative")
+	}
+	if c.Chat.Retention <= 0 || c.Chat.NewNamesPerIP < 1 {
+		return c, fmt.Errorf("chat.retention must be a positive duration and chat.new_names_per_ip at least 1")
 	}
 	if c.Cluster.NATSURL != "" {
 		switch {

@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vitrine-live/vitrine/media"
 	"github.com/vitrine-live/vitrine/overlay"
+	"github.com/vitrine-live/vitrine/overlay/chat"
 	"github.com/vitrine-live/vitrine/overlay/sqlstore"
 	"github.com/vitrine-live/vitrine/signaling"
 	"github.com/vitrine-live/vitrine/signaling/cluster"
@@ -214,7 +215,9 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 		AdminToken:   a.cfg.AdminToken,
 		AllowOrigins: cfg.CORS.AllowOrigins,
 		ICEServers:   cfg.WebRTC.ICEServers,
-		Takeover:     cfg.Streams.Takeover,
+		Chat: chat.Config{Store: a.store, Names: chat.NewNames(a.store, cfg.Chat.NewNamesPerIP, nil),
+			Metrics: chat.NewMetrics(reg), Log: log},
+		Takeover: cfg.Streams.Takeover,
 		Version:      version,
 		Commit:       commit(),
 	}, rtc, a.streams, a.store, reg, reg, log)
@@ -425,6 +428,11 @@ func (a *app) pruneStore(ctx context.Context, m *overlay.Metrics) {
 		var keys, events int64
 		for range 100 {
 			k, e, err := a.store.Prune(ctx, time.Now())
+			if err == nil {
+				var c int64
+				c, err = a.store.PruneChat(ctx, time.Now().Add(-a.cfg.Chat.Retention))
+				e += c
+			}
 			keys, events = keys+k, events+e
 			if err != nil {
 				if ctx.Err() == nil {
