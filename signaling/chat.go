@@ -83,6 +83,18 @@ func (s *Server) closeRoom(name string) {
 	}
 }
 
+// CloseRooms closes every room, writing the chat not stored yet; call it
+// before the store closes.
+func (s *Server) CloseRooms() {
+	s.showsMu.Lock()
+	rooms := s.rooms
+	s.rooms = map[string]*chat.Room{}
+	s.showsMu.Unlock()
+	for _, r := range rooms {
+		r.Close()
+	}
+}
+
 // remoteIP is the address a request came from (per-address limits).
 func remoteIP(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)

@@ -241,6 +241,7 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 	a.listener, err = net.Listen("tcp", cfg.HTTP)
 	if err != nil {
 		a.edge.Shows(func(sh *overlay.Show) { sh.Close() })
+	a.edge.CloseRooms()
 		a.store.Close()
 		a.streams.Close()
 		rtc.Close()

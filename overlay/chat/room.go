@@ -464,8 +464,9 @@ func (r *Room) send(kind string, b []byte) {
 	r.cfg.Metrics.deliveries.WithLabelValues(kind).Add(float64(len(r.subs)))
 }
 
-// React counts a viewer's tap. Taps past 10 per second per viewer are
-// dropped without a word: a reaction is worth less than its answer.
+// React counts a viewer's tap. Taps past 10 per second per viewer, and a
+// banned viewer's, are dropped without a word: a reaction is worth less
+// than its answer.
 func (r *Room) React(viewer, value string) error {
 	if !ValidReaction(value) {
 		return refuse("invalid", "a reaction is one of %s", strings.Join(Reactions, ", "))
@@ -473,7 +474,7 @@ func (r *Room) React(viewer, value string) error {
 	now := r.cfg.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.poster(viewer, now).taps.take(now) > 0 {
+	if r.state.Sanctions[viewer].Banned || r.poster(viewer, now).taps.take(now) > 0 {
 		r.cfg.Metrics.refused.WithLabelValues("reaction_dropped").Inc()
 		return nil
 	}
