@@ -295,13 +295,13 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	}
 	unsubscribe := sh.Subscribe(send)
 	defer unsubscribe()
-	unchat := room.Subscribe(r.Context(), "", send)
-	defer unchat()
 	unwatch := st.Watch(func(state media.State, reason string) {
 		b, _ := json.Marshal(StateMessage{V: 1, Type: "stream.state", State: state, Reason: reason})
 		send(b)
 	})
 	defer unwatch()
+	unchat := room.Subscribe(r.Context(), "", send)
+	defer unchat()
 
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")

@@ -218,8 +218,8 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 		Chat: chat.Config{Store: a.store, Names: chat.NewNames(a.store, cfg.Chat.NewNamesPerIP, nil),
 			Metrics: chat.NewMetrics(reg), Log: log},
 		Takeover: cfg.Streams.Takeover,
-		Version:      version,
-		Commit:       commit(),
+		Version:  version,
+		Commit:   commit(),
 	}, rtc, a.streams, a.store, reg, reg, log)
 	if cfg.Cluster.NATSURL != "" {
 		if err := a.joinCluster(reg, om); err != nil {
@@ -241,7 +241,6 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 	a.listener, err = net.Listen("tcp", cfg.HTTP)
 	if err != nil {
 		a.edge.Shows(func(sh *overlay.Show) { sh.Close() })
-	a.edge.CloseRooms()
 		a.store.Close()
 		a.streams.Close()
 		rtc.Close()
@@ -380,6 +379,7 @@ func (a *app) Close() error {
 		a.cluster.Close()
 	}
 	a.edge.Shows(func(sh *overlay.Show) { sh.Close() })
+	a.edge.CloseRooms()
 	a.streams.Close()
 	return errors.Join(err, a.rtc.Close(), a.store.Close())
 }

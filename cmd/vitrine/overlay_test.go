@@ -344,6 +344,9 @@ func TestOverlayHTTP(t *testing.T) {
 	if m := next(); m["type"] != "stream.state" || m["state"] != "waiting" {
 		t.Fatalf("second event %v", m)
 	}
+	if m := next(); m["type"] != "chat.snapshot" {
+		t.Fatalf("third event %v", m)
+	}
 	if code, m, _ := postJSON(t, base+"/api/v1/streams/demo/cues", a.cfg.AdminToken, map[string]any{"type": "card.show", "sku": "mug-1"}); code != 201 || m["at_source"] != "none" {
 		t.Fatalf("cue before go-live: %d %v", code, m)
 	}
