@@ -34,7 +34,11 @@ func (s *Server) room(ctx context.Context, name string, st *media.Stream) (*chat
 	if r, ok := s.rooms[name]; ok {
 		return r, nil
 	}
-	r, err := chat.NewRoom(ctx, name, streamClock{st}, func() string { return s.onScreen(name, st) }, s.chatCfg)
+	cfg := s.chatCfg
+	if s.cluster != nil {
+		cfg.Peers = s.cluster
+	}
+	r, err := chat.NewRoom(ctx, name, streamClock{st}, func() string { return s.onScreen(name, st) }, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -81,6 +85,20 @@ func (s *Server) closeRoom(name string) {
 	if ok {
 		r.Close()
 	}
+}
+
+// ChatEvent applies an event of a stream's room on another node to the
+// room here, if this node has one open (it has viewers of the stream).
+func (s *Server) ChatEvent(stream string, ev chat.Event) {
+	s.showsMu.Lock()
+	r := s.rooms[stream]
+	s.showsMu.Unlock()
+	if r == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r.Apply(ctx, ev)
 }
 
 // CloseRooms closes every room, writing the chat not stored yet; call it

@@ -11,6 +11,7 @@ import (
 
 	"github.com/vitrine-live/vitrine/media"
 	"github.com/vitrine-live/vitrine/overlay"
+	"github.com/vitrine-live/vitrine/overlay/chat"
 )
 
 // Cluster is what the HTTP edge asks of the other nodes (signaling/cluster
@@ -29,6 +30,8 @@ type Cluster interface {
 	Mirror(stream string, st *media.Stream) *overlay.Mirror
 	// PeerToken checks another node's bearer token (its pulls).
 	PeerToken(tok string) bool
+	// Share carries a chat room's events to the other nodes.
+	Share(stream string, ev chat.Event)
 	Status() any
 }
 

@@ -112,9 +112,13 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 				msg, _ := json.Marshal(StateMessage{V: 1, Type: "stream.state", State: state, Reason: reason})
 				send(msg)
 			})
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			c3 := room.Subscribe(ctx, viewer, send)
-			cancel()
+			// Another node's pull gets no chat: that node has its room.
+			c3 := func() {}
+			if !peer {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				c3 = room.Subscribe(ctx, viewer, send)
+				cancel()
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			if closed { // the viewer left while the channel opened

@@ -33,6 +33,7 @@ func (a *app) joinCluster(reg prometheus.Registerer, om *overlay.Metrics) error 
 			a.edge.MoveViewers(stream, func() string { return cc.AdvertiseURL }, "relay")
 		},
 		OnStock:   a.edge.StockChanged,
+		OnChat:    a.edge.ChatEvent,
 		OnExpired: a.stockReturned,
 		OnStreamsChanged: func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -134,6 +134,48 @@ func TestCluster(t *testing.T) {
 	}
 	t.Logf("stock messages at C during the sale: %d", stockMsgs)
 
+	// Chat spans the nodes: each node has its room for its viewers, and
+	// NATS carries messages, moderation and reactions between them.
+	bea, cam := &httpChatter{base: b.base}, &httpChatter{base: c.base}
+	if code, out, _ := bea.do(t, "PUT", "/api/v1/chat/name", map[string]string{"name": "Bea"}); code != 200 {
+		t.Fatalf("name on B: %d %v", code, out)
+	}
+	if code, out, _ := bea.do(t, "POST", "/api/v1/streams/demo/chat", map[string]any{"text": "hello from B"}); code != 201 {
+		t.Fatalf("chat on B: %d %v", code, out)
+	}
+	var beaID string
+	for _, v := range []*nodeViewer{vA, vB, vC} {
+		beaID = v.sawChat(t, "hello from B")["viewer"].(string)
+	}
+	code, mk, _ := postJSON(t, a.base+"/api/v1/streams/demo/chat/moderator-key", clusterKey, nil)
+	if code != 201 {
+		t.Fatalf("moderator key on A: %d", code)
+	}
+	mod := mk["key"].(string)
+	eventually(t, "C takes A's moderator key", 5*time.Second, func() bool { return getStatus(t, c.base+"/api/v1/streams/demo/chat", mod) == 200 })
+	if code, out, _ := postJSON(t, c.base+"/api/v1/streams/demo/chat/actions", mod, map[string]any{"action": "ban", "viewer": beaID}); code != 200 {
+		t.Fatalf("ban on C: %d %v", code, out)
+	}
+	for _, v := range []*nodeViewer{vA, vB} {
+		v.wait(t, "chat.delete")
+	}
+	eventually(t, "B refuses its banned viewer", 5*time.Second, func() bool {
+		code, _, _ := bea.do(t, "POST", "/api/v1/streams/demo/chat", map[string]any{"text": "still here?"})
+		return code == 403
+	})
+	if code, out, _ := bea.do(t, "POST", "/api/v1/streams/demo/buy", map[string]any{"sku": "bag-1", "qty": 1, "key": "banned-on-b-1"}); code != 403 {
+		t.Errorf("banned viewer buys on B: %d %v", code, out)
+	}
+	reactionsBefore := vA.reactionCount()
+	for range 5 {
+		for _, h := range []*httpChatter{{base: b.base}, cam} {
+			if code, _, _ := h.do(t, "POST", "/api/v1/streams/demo/reactions", map[string]string{"value": "heart"}); code != 202 {
+				t.Fatalf("reaction: %d", code)
+			}
+		}
+	}
+	eventually(t, "A's viewer counts the taps on B and C", 5*time.Second, func() bool { return vA.reactionCount()-reactionsBefore == 10 })
+
 	// The creator drops and comes back on A: B's and C's viewers stay.
 	pub.stop()
 	for _, v := range []*nodeViewer{vB, vC} {
@@ -479,6 +521,40 @@ func (v *nodeViewer) wait(t *testing.T, typ string) map[string]any {
 		return false
 	})
 	return found
+}
+
+// sawChat waits for a chat message with text.
+func (v *nodeViewer) sawChat(t *testing.T, text string) map[string]any {
+	t.Helper()
+	var found map[string]any
+	eventually(t, v.name+" gets chat "+text, 5*time.Second, func() bool {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		for _, m := range v.msgs {
+			for _, c := range asSlice(m["messages"]) {
+				if m["type"] == "chat" && c.(map[string]any)["text"] == text {
+					found = c.(map[string]any)
+					return true
+				}
+			}
+		}
+		return false
+	})
+	return found
+}
+
+// reactionCount sums the hearts counted in the reactions messages so far.
+func (v *nodeViewer) reactionCount() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	n := 0
+	for _, m := range v.msgs {
+		if m["type"] == "reactions" {
+			h, _ := m["counts"].(map[string]any)["heart"].(float64)
+			n += int(h)
+		}
+	}
+	return n
 }
 
 func (v *nodeViewer) countType(typ string) int {

@@ -82,6 +82,7 @@ func (r *Room) onMessage(ctx context.Context, req ActionRequest, a Action) error
 		}
 		r.forget(m.ID)
 		r.broadcast(idsMessage{V: 1, Type: "chat.delete", IDs: []string{m.ID}}, "chat.delete")
+		r.share(Event{Deleted: []string{m.ID}})
 		if r.pinned != nil && r.pinned.ID == m.ID {
 			return r.pin(ctx, nil, Action{At: a.At, By: a.By, Action: "unpin", Target: m.ID})
 		}
@@ -99,6 +100,7 @@ func (r *Room) onMessage(ctx context.Context, req ActionRequest, a Action) error
 		r.held = slices.DeleteFunc(r.held, func(h Message) bool { return h.ID == m.ID })
 		if m.Status == StatusVisible {
 			r.publish(m, a.At)
+			r.share(Event{Messages: []Message{publicOne(m)}})
 		}
 	case "answer":
 		if m.Status != StatusVisible || !m.Question {
@@ -114,6 +116,7 @@ func (r *Room) onMessage(ctx context.Context, req ActionRequest, a Action) error
 			}
 		}
 		r.broadcast(idMessage{V: 1, Type: "chat.answered", ID: m.ID}, "chat.answered")
+		r.share(Event{Answered: m.ID})
 	case "pin":
 		if m.Status != StatusVisible {
 			return refuse("invalid", "message %s is not visible", m.ID)
@@ -180,6 +183,7 @@ func (r *Room) pin(ctx context.Context, m *Message, a Action) error {
 		r.pinned, msg.Message = m, &p
 	}
 	r.broadcast(msg, "chat.pin")
+	r.share(Event{Pin: msg.Message, Unpin: m == nil})
 	return nil
 }
 
@@ -247,6 +251,7 @@ func (r *Room) onViewer(ctx context.Context, req ActionRequest, name string, a A
 		r.pinned = nil
 		r.broadcast(pinMessage{V: 1, Type: "chat.pin"}, "chat.pin")
 	}
+	r.share(Event{Deleted: deleted, Unpin: unpin, Reload: true})
 	return nil
 }
 
@@ -277,15 +282,8 @@ func (r *Room) setting(ctx context.Context, req ActionRequest, a Action) error {
 	if err := r.cfg.Store.SaveChatRoom(ctx, r.stream, next, nil, a); err != nil {
 		return err
 	}
-	slowChanged := next.Settings.SlowSec != r.state.Settings.SlowSec
-	r.state = next
-	if slowChanged {
-		r.broadcast(struct {
-			V       int    `json:"v"`
-			Type    string `json:"type"`
-			SlowSec int    `json:"slow_s"`
-		}{1, "chat.settings", next.Settings.SlowSec}, "chat.settings")
-	}
+	r.setState(next)
+	r.share(Event{Reload: true})
 	return nil
 }
 

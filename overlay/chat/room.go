@@ -41,6 +41,27 @@ type Config struct {
 	// so that chat never queues one transaction per message in front of
 	// the buys of a flash sale. A crash loses at most this much chat.
 	SaveEvery time.Duration
+	// Peers carries each room's events to the other nodes of a cluster,
+	// whose rooms of the same stream Apply them; nil on a single node.
+	Peers Peers
+}
+
+// Peers carries a room's events to the other nodes serving its stream.
+type Peers interface {
+	Share(stream string, ev Event)
+}
+
+// Event is what a room tells the rooms of its stream on other nodes: each
+// node has its own room for its own viewers, the store holds what they
+// share, and events keep them in step.
+type Event struct {
+	Messages  []Message      `json:"messages,omitempty"` // new visible messages
+	Deleted   []string       `json:"deleted,omitempty"`
+	Answered  string         `json:"answered,omitempty"`
+	Pin       *Message       `json:"pin,omitempty"`
+	Unpin     bool           `json:"unpin,omitempty"`
+	Reload    bool           `json:"reload,omitempty"` // settings or sanctions changed: read them again
+	Reactions map[string]int `json:"reactions,omitempty"`
 }
 
 func (cfg Config) withDefaults() Config {
@@ -104,7 +125,8 @@ type Room struct {
 	lastBatch  time.Time
 	unsaved    []Message
 	viewers    map[string]*poster
-	reactions  map[string]int
+	reactions  map[string]int // taps here, shared with the other nodes
+	remote     map[string]int // taps on other nodes since the last count
 	closed     bool
 	stop       chan struct{}
 	stopOnce   sync.Once
@@ -124,7 +146,7 @@ type poster struct {
 func NewRoom(ctx context.Context, stream string, clock Clock, onScreen func() string, cfg Config) (*Room, error) {
 	cfg = cfg.withDefaults()
 	r := &Room{stream: stream, clock: clock, onScreen: onScreen, cfg: cfg, subs: map[int]func([]byte){},
-		viewers: map[string]*poster{}, reactions: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
+		viewers: map[string]*poster{}, reactions: map[string]int{}, remote: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
 	st, err := cfg.Store.ChatRoom(ctx, stream)
 	if err != nil {
 		return nil, err
@@ -355,6 +377,7 @@ func (r *Room) Post(ctx context.Context, p Post) (Message, error) {
 		r.held = lastN(append(r.held, m), maxHeld)
 	} else {
 		r.publish(m, now)
+		r.share(Event{Messages: []Message{publicOne(m)}})
 	}
 	r.cfg.Metrics.messages.WithLabelValues(m.Status).Inc()
 	return m, nil
@@ -483,19 +506,96 @@ func (r *Room) React(viewer, value string) error {
 	return nil
 }
 
-// sendReactions sends the taps counted since the last time, if any.
+// sendReactions sends the taps counted since the last time, here and on
+// other nodes, if any, and shares this node's with the others.
 func (r *Room) sendReactions() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.reactions) == 0 {
+	if len(r.reactions) == 0 && len(r.remote) == 0 {
 		return
+	}
+	counts := maps.Clone(r.reactions)
+	for k, n := range r.remote {
+		counts[k] += n
 	}
 	r.broadcast(struct {
 		V      int            `json:"v"`
 		Type   string         `json:"type"`
 		Counts map[string]int `json:"counts"`
-	}{1, "reactions", r.reactions}, "reactions")
-	r.reactions = map[string]int{}
+	}{1, "reactions", counts}, "reactions")
+	if len(r.reactions) > 0 {
+		r.share(Event{Reactions: r.reactions})
+	}
+	r.reactions, r.remote = map[string]int{}, map[string]int{}
+}
+
+// share tells the other nodes' rooms of an event; r.mu held.
+func (r *Room) share(ev Event) {
+	if r.cfg.Peers != nil {
+		r.cfg.Peers.Share(r.stream, ev)
+	}
+}
+
+// Apply takes an event of this stream's room on another node: its viewers'
+// new messages, what its moderators did, its viewers' taps.
+func (r *Room) Apply(ctx context.Context, ev Event) {
+	var st *RoomState
+	if ev.Reload {
+		s, err := r.cfg.Store.ChatRoom(ctx, r.stream)
+		if err != nil {
+			r.cfg.Log.Error("chat: reload the room after another node's moderation", "stream", r.stream, "err", err)
+		} else {
+			st = &s
+		}
+	}
+	now := r.cfg.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, m := range ev.Messages {
+		m.Stream, m.Status = r.stream, StatusVisible
+		r.publish(m, now)
+	}
+	if len(ev.Deleted) > 0 {
+		for _, id := range ev.Deleted {
+			r.forget(id)
+		}
+		r.broadcast(idsMessage{V: 1, Type: "chat.delete", IDs: ev.Deleted}, "chat.delete")
+	}
+	if ev.Answered != "" {
+		for i := range r.recent {
+			if r.recent[i].ID == ev.Answered {
+				r.recent[i].Answered = true
+			}
+		}
+		r.broadcast(idMessage{V: 1, Type: "chat.answered", ID: ev.Answered}, "chat.answered")
+	}
+	if ev.Pin != nil || ev.Unpin {
+		msg := pinMessage{V: 1, Type: "chat.pin", Message: ev.Pin}
+		r.pinned = ev.Pin
+		r.broadcast(msg, "chat.pin")
+	}
+	if st != nil {
+		r.setState(*st)
+	}
+	for k, n := range ev.Reactions {
+		if ValidReaction(k) && n > 0 {
+			r.remote[k] += n
+		}
+	}
+}
+
+// setState takes a room state written by a moderation and tells viewers
+// of a new slow mode; r.mu held.
+func (r *Room) setState(st RoomState) {
+	slowChanged := st.Settings.SlowSec != r.state.Settings.SlowSec
+	r.state = st
+	if slowChanged {
+		r.broadcast(struct {
+			V       int    `json:"v"`
+			Type    string `json:"type"`
+			SlowSec int    `json:"slow_s"`
+		}{1, "chat.settings", st.Settings.SlowSec}, "chat.settings")
+	}
 }
 
 // Banned reports whether a viewer is banned here (from chat and buying).
@@ -517,6 +617,7 @@ func (r *Room) NewModeratorKey(ctx context.Context, by string) (string, error) {
 		return "", err
 	}
 	r.state = next
+	r.share(Event{Reload: true})
 	r.cfg.Metrics.moderation.WithLabelValues("moderator_key").Inc()
 	return key, nil
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vitrine-live/vitrine/media"
 	"github.com/vitrine-live/vitrine/overlay"
+	"github.com/vitrine-live/vitrine/overlay/chat"
 )
 
 // Config is a node's part of the cluster.
@@ -61,6 +62,8 @@ type Config struct {
 	OnStock          func(stream, sku string)
 	OnExpired        func()
 	OnStreamsChanged func()
+	// OnChat is an event of a stream's chat room on another node.
+	OnChat func(stream string, ev chat.Event)
 	Show             overlay.ShowConfig // for the relays' mirrors
 
 	Log        *slog.Logger
@@ -90,6 +93,7 @@ const (
 	subjectStock   = "vitrine.stock"   // payload {"stream","sku"}
 	subjectExpired = "vitrine.expired" // reservations returned stock somewhere
 	subjectStreams = "vitrine.streams" // stream definitions changed
+	subjectChat    = "vitrine.chat"    // payload {"node","stream","event"}: a room's event
 )
 
 // Cluster is this node's membership.
@@ -152,6 +156,7 @@ func Join(cfg Config) (*Cluster, error) {
 		{subjectLeave, func(m *nats.Msg) { c.forget(string(m.Data)) }},
 		{subjectStock, c.onStock},
 		{subjectExpired, func(*nats.Msg) { call0(cfg.OnExpired) }},
+		{subjectChat, c.onChat},
 		{subjectStreams, func(m *nats.Msg) {
 			if string(m.Data) != cfg.NodeID {
 				call0(cfg.OnStreamsChanged)
@@ -479,6 +484,29 @@ func (c *Cluster) onStock(m *nats.Msg) {
 	if c.cfg.OnStock != nil {
 		c.cfg.OnStock(n.Stream, n.SKU)
 	}
+}
+
+type chatNotice struct {
+	Node   string     `json:"node"`
+	Stream string     `json:"stream"`
+	Event  chat.Event `json:"event"`
+}
+
+// Share sends a chat room's event to the rooms of the stream on the other
+// nodes (chat.Peers).
+func (c *Cluster) Share(stream string, ev chat.Event) {
+	b, err := json.Marshal(chatNotice{Node: c.cfg.NodeID, Stream: stream, Event: ev})
+	if err == nil {
+		_ = c.nc.Publish(subjectChat, b)
+	}
+}
+
+func (c *Cluster) onChat(m *nats.Msg) {
+	var n chatNotice
+	if json.Unmarshal(m.Data, &n) != nil || n.Stream == "" || n.Node == c.cfg.NodeID || c.cfg.OnChat == nil {
+		return
+	}
+	c.cfg.OnChat(n.Stream, n.Event)
 }
 
 // ReservationsExpired tells every node that reservations returned stock,
