@@ -64,7 +64,7 @@ type Config struct {
 	OnStreamsChanged func()
 	// OnChat is an event of a stream's chat room on another node.
 	OnChat func(stream string, ev chat.Event)
-	Show             overlay.ShowConfig // for the relays' mirrors
+	Show   overlay.ShowConfig // for the relays' mirrors
 
 	Log        *slog.Logger
 	Registerer prometheus.Registerer
