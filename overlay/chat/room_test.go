@@ -1,0 +1,176 @@
+package chat_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vitrine-live/vitrine/overlay/chat"
+	"github.com/vitrine-live/vitrine/overlay/sqlstore"
+)
+
+type noClock struct{}
+
+func (noClock) Latest() (uint32, bool) { return 0, false }
+
+// wire is a subscriber that keeps what it is sent.
+type wire struct {
+	mu   sync.Mutex
+	msgs []map[string]any
+}
+
+func (w *wire) send(b []byte) {
+	var m map[string]any
+	_ = json.Unmarshal(b, &m)
+	w.mu.Lock()
+	w.msgs = append(w.msgs, m)
+	w.mu.Unlock()
+}
+
+func (w *wire) count(typ string) (msgs, items int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, m := range w.msgs {
+		if m["type"] == typ {
+			msgs++
+			items += len(m["messages"].([]any))
+		}
+	}
+	return msgs, items
+}
+
+func openRoom(t *testing.T) (*chat.Room, *chat.Names) {
+	t.Helper()
+	store, err := sqlstore.Open(context.Background(), filepath.Join(t.TempDir(), "chat.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	names := chat.NewNames(store, 3, nil)
+	room, err := chat.NewRoom(context.Background(), "s", noClock{}, func() string { return "" },
+		chat.Config{Store: store, Names: names, Metrics: chat.NewMetrics(prometheus.NewRegistry()), Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(room.Close)
+	return room, names
+}
+
+// TestBatching: a message after a quiet moment goes out at once; a burst
+// goes out in a few batches, nothing lost.
+func TestBatching(t *testing.T) {
+	room, names := openRoom(t)
+	ctx := context.Background()
+	w := &wire{}
+	room.Subscribe(ctx, "", w.send)
+	for i := range 40 {
+		if _, err := names.Set(ctx, fmt.Sprintf("v%d", i), fmt.Sprintf("10.0.0.%d", i), fmt.Sprintf("viewer %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := room.Post(ctx, chat.Post{Viewer: "v0", Text: "first"}); err != nil {
+		t.Fatal(err)
+	}
+	if msgs, _ := w.count("chat"); msgs != 1 {
+		t.Fatalf("a message after a quiet moment was not sent at once (%d chat messages on the wire)", msgs)
+	}
+	for i := range 40 {
+		if _, err := room.Post(ctx, chat.Post{Viewer: fmt.Sprintf("v%d", i), Text: fmt.Sprintf("burst %d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		msgs, items := w.count("chat")
+		if items == 41 {
+			if msgs > 3 {
+				t.Errorf("41 messages in %d chat messages: a burst should go out in one or two batches", msgs)
+			}
+			t.Logf("41 messages went out in %d chat messages", msgs)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 2 s: %d of 41 messages on the wire", items)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestNames: validation, the change lock and the per-address budget of new
+// identities.
+func TestNames(t *testing.T) {
+	_, names := openRoom(t)
+	ctx := context.Background()
+	for name, ok := range map[string]bool{"Ada": true, "  Ada   Lovelace ": true, "élodie_92": true, "a": false, "-ada": false,
+		"ada<script>": false, "HOST": false, "Mod erator": false, "abcdefghijklmnopqrstuvwxy": false, "日本語": true} {
+		_, _, err := chat.ValidName(name)
+		if (err == nil) != ok {
+			t.Errorf("ValidName(%q) = %v, want ok %v", name, err, ok)
+		}
+	}
+	for i := range 3 {
+		if _, err := names.Set(ctx, fmt.Sprintf("v%d", i), "192.0.2.1", fmt.Sprintf("same address %d", i)); err != nil {
+			t.Fatalf("new name %d from one address: %v", i, err)
+		}
+	}
+	_, err := names.Set(ctx, "v3", "192.0.2.1", "one too many")
+	if rf, ok := err.(*chat.Refusal); !ok || rf.Code != "rate_limited" || rf.RetryAfter <= 0 {
+		t.Errorf("4th new identity from one address (limit 3): %v", err)
+	}
+	if _, err := names.Set(ctx, "v3", "192.0.2.2", "one too many"); err != nil {
+		t.Errorf("another address: %v", err)
+	}
+	if _, err := names.Set(ctx, "v0", "192.0.2.1", "renamed"); err == nil || err.(*chat.Refusal).Code != "name_locked" {
+		t.Errorf("rename right after the first name: %v", err)
+	}
+	if got, _ := names.Get(ctx, "v0"); got != "same address 0" {
+		t.Errorf("name after a refused change: %q", got)
+	}
+}
+
+func TestCleanText(t *testing.T) {
+	for in, want := range map[string]string{
+		"  hello\nworld\t!  ":    "hello world !",
+		"a\u202Eevil\u202Cb":      "aevilb",
+		"<b>bold</b> & \"quote\"": "<b>bold</b> & \"quote\"",
+		"bell\x07":                "bell",
+	} {
+		got, err := chat.CleanText(in)
+		if err != nil || got != want {
+			t.Errorf("CleanText(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "   \n ", string(make([]rune, 301))} {
+		if _, err := chat.CleanText(bad); err == nil {
+			t.Errorf("CleanText(%q) accepted", bad)
+		}
+	}
+}
+
+// TestFilterWholeWords: listed words are masked whole, not inside others.
+func TestFilterWholeWords(t *testing.T) {
+	room, names := openRoom(t)
+	ctx := context.Background()
+	if _, err := names.Set(ctx, "v1", "10.0.0.1", "Ada"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := room.Moderate(ctx, chat.RoleHost, chat.ActionRequest{Action: "filter", Words: []string{"ass", "Scam"}, Mode: chat.FilterMask}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := room.Post(ctx, chat.Post{Viewer: "v1", Text: "First class, no SCAM, no ass."})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Text != "First class, no ****, no ***." || m.Status != chat.StatusVisible {
+		t.Errorf("masked: %q (%s)", m.Text, m.Status)
+	}
+	if _, err := room.Moderate(ctx, chat.RoleHost, chat.ActionRequest{Action: "filter", Words: []string{"two words"}, Mode: chat.FilterMask}); err == nil {
+		t.Error("a filter word with a space was accepted")
+	}
+}
