@@ -136,7 +136,7 @@ func TestNames(t *testing.T) {
 
 func TestCleanText(t *testing.T) {
 	for in, want := range map[string]string{
-		"  hello\nworld\t!  ":    "hello world !",
+		"  hello\nworld\t!  ":     "hello world !",
 		"a\u202Eevil\u202Cb":      "aevilb",
 		"<b>bold</b> & \"quote\"": "<b>bold</b> & \"quote\"",
 		"bell\x07":                "bell",
