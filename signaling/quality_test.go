@@ -157,7 +157,7 @@ func TestQualityMessage(t *testing.T) {
 	if err := dc.SendText(`{"v":1,"type":"zoom"}`); err != nil {
 		t.Fatal(err)
 	}
-	if r := next(); r.Code != "bad_message" || r.Message != "type must be buy, confirm or quality" {
+	if r := next(); r.Code != "bad_message" || r.Message != "type must be buy, confirm, quality, chat, chat.name or react" {
 		t.Fatalf("unknown type: %+v", r)
 	}
 	// The channel still takes a good one after the refusals.

@@ -223,7 +223,7 @@ func (s *Server) cors(h http.HandlerFunc) http.HandlerFunc {
 				hdr.Set("Access-Control-Allow-Origin", origin)
 				hdr.Add("Vary", "Origin")
 			}
-			hdr.Set("Access-Control-Expose-Headers", "Location, ETag, Link, Accept-Patch, Vitrine-Stream-State, Retry-After")
+			hdr.Set("Access-Control-Expose-Headers", "Location, ETag, Link, Accept-Patch, Vitrine-Stream-State, Vitrine-Viewer, Retry-After")
 		}
 		h(w, r)
 	}
@@ -241,7 +241,7 @@ func (s *Server) originAllowed(origin string) bool {
 func (s *Server) options(w http.ResponseWriter, r *http.Request) {
 	hdr := w.Header()
 	hdr.Set("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS")
-	hdr.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, If-Match, Idempotency-Key")
+	hdr.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, If-Match, Idempotency-Key, Vitrine-Viewer")
 	hdr.Set("Access-Control-Max-Age", "86400")
 	if strings.HasPrefix(r.URL.Path, "/whip/") || strings.HasPrefix(r.URL.Path, "/whep/") {
 		hdr.Set("Accept-Post", "application/sdp")

@@ -152,7 +152,9 @@ func TestCORSAndICEServers(t *testing.T) {
 	if res.StatusCode != http.StatusNoContent || h.Get("Access-Control-Allow-Origin") != "*" ||
 		!strings.Contains(h.Get("Access-Control-Allow-Methods"), "POST") ||
 		!strings.Contains(h.Get("Access-Control-Allow-Headers"), "Authorization") ||
-		!strings.Contains(h.Get("Access-Control-Expose-Headers"), "Location") {
+		!strings.Contains(h.Get("Access-Control-Expose-Headers"), "Location") ||
+		!strings.Contains(h.Get("Access-Control-Allow-Headers"), "Vitrine-Viewer") ||
+		!strings.Contains(h.Get("Access-Control-Expose-Headers"), "Vitrine-Viewer") {
 		t.Errorf("preflight: %d %v", res.StatusCode, h)
 	}
 	if link := h.Get("Link"); !strings.Contains(link, "<turn:turn.example.net:3478>") || !strings.Contains(link, `rel="ice-server"`) ||

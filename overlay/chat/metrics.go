@@ -35,6 +35,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{"invalid", "name_required", "muted", "banned", "slow_mode", "rate_limited", "reaction_dropped"} {
 		m.refused.WithLabelValues(r)
 	}
+	for _, a := range []string{"delete", "approve", "reject", "answer", "pin", "unpin", "mute", "unmute", "ban", "unban", "slow", "filter", "calm", "moderator_key"} {
+		m.moderation.WithLabelValues(a)
+	}
+	for _, t := range []string{"chat", "chat.snapshot", "chat.delete", "chat.pin", "reactions"} {
+		m.deliveries.WithLabelValues(t)
+	}
 	reg.MustRegister(m.messages, m.refused, m.moderation, m.reactions, m.deliveries, m.saveErrors)
 	return m
 }
