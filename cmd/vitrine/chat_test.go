@@ -457,7 +457,8 @@ func TestChat(t *testing.T) {
 	}
 }
 
-func getJSON(t *testing.T, url, token string) map[string]any {
+// getAuth GETs url with a bearer token.
+func getAuth(t *testing.T, url, token string) *http.Response {
 	t.Helper()
 	req, _ := http.NewRequest("GET", url, nil)
 	req.Header.Set("Authorization", "Bearer "+token)
@@ -465,6 +466,12 @@ func getJSON(t *testing.T, url, token string) map[string]any {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return res
+}
+
+func getJSON(t *testing.T, url, token string) map[string]any {
+	t.Helper()
+	res := getAuth(t, url, token)
 	defer res.Body.Close()
 	var out map[string]any
 	if err := json.NewDecoder(res.Body).Decode(&out); err != nil || res.StatusCode != 200 {
@@ -475,12 +482,7 @@ func getJSON(t *testing.T, url, token string) map[string]any {
 
 func getStatus(t *testing.T, url, token string) int {
 	t.Helper()
-	req, _ := http.NewRequest("GET", url, nil)
-	req.Header.Set("Authorization", "Bearer "+token)
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := getAuth(t, url, token)
 	res.Body.Close()
 	return res.StatusCode
 }

@@ -1,6 +1,7 @@
 package chat
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -356,20 +357,10 @@ func (r *Room) View(ctx context.Context) (View, error) {
 			v.Muted = append(v.Muted, Sanctioned{Viewer: id, Name: s.Name, UntilMS: s.MutedUntil})
 		}
 	}
-	byName := func(a, b Sanctioned) int { return cmpStrings(a.Name+a.Viewer, b.Name+b.Viewer) }
+	byName := func(a, b Sanctioned) int { return cmp.Compare(a.Name+a.Viewer, b.Name+b.Viewer) }
 	slices.SortFunc(v.Banned, byName)
 	slices.SortFunc(v.Muted, byName)
 	return v, nil
-}
-
-func cmpStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Log returns the room's moderation log, newest first.
