@@ -7,7 +7,9 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/vitrine-live/vitrine/media"
@@ -113,13 +115,40 @@ func (s *Server) CloseRooms() {
 	}
 }
 
-// remoteIP is the address a request came from (per-address limits).
-func remoteIP(r *http.Request) string {
+// clientIP is the address a request came from, for per-address limits.
+// Behind a reverse proxy listed in TrustedProxies it is the last address of
+// X-Forwarded-For that is not one of those proxies; anyone else's
+// X-Forwarded-For is ignored, since a client can write anything there.
+func (s *Server) clientIP(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
-		return r.RemoteAddr
+		host = r.RemoteAddr
+	}
+	addr, err := netip.ParseAddr(host)
+	if err != nil || !s.trusted(addr) {
+		return host
+	}
+	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
+	for i := len(hops) - 1; i >= 0; i-- {
+		hop, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+		if err != nil {
+			break // a malformed hop: trust nothing before it
+		}
+		if !s.trusted(hop) {
+			return hop.Unmap().String()
+		}
 	}
 	return host
+}
+
+func (s *Server) trusted(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range s.cfg.TrustedProxies {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // chatStatus is the HTTP status of a chat refusal.
@@ -184,7 +213,7 @@ func (s *Server) putChatName(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	viewer := s.httpViewer(w, r)
-	name, err := s.chatCfg.Names.Set(r.Context(), viewer, remoteIP(r), req.Name)
+	name, err := s.chatCfg.Names.Set(r.Context(), viewer, s.clientIP(r), req.Name)
 	if err != nil {
 		s.nameRefused(err)
 		s.chatError(w, "chat name", err)

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 
@@ -38,6 +39,9 @@ type Config struct {
 	MaxSDPBytes  int64 // offers and sdpfrags larger than this are refused
 	Version      string
 	Commit       string
+	// TrustedProxies are the reverse proxies whose X-Forwarded-For names
+	// the client (per-address limits).
+	TrustedProxies []netip.Prefix
 	// ViewerSecret signs viewer tokens (per-viewer purchase limits).
 	ViewerSecret []byte
 	// Show configures every stream's commerce overlay; its Store is the

@@ -92,7 +92,7 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 	var cancels []func()
 	var channel *media.Viewer
 	closed := false
-	vs := viewerSession{show: sh, room: room, viewer: viewer, ip: remoteIP(r), limit: &tokenBucket{rate: 5, burst: 10}}
+	vs := viewerSession{show: sh, room: room, viewer: viewer, ip: s.clientIP(r), limit: &tokenBucket{rate: 5, burst: 10}}
 	hooks := media.ViewerHooks{
 		// On its data channel the player gets the overlay snapshot first
 		// (card, sale, stock), then who it is (a token to keep for next

@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -21,6 +22,10 @@ type Config struct {
 	Data       string `yaml:"data"`
 	PublicURL  string `yaml:"public_url"`
 	AdminToken string `yaml:"admin_token"`
+	// TrustedProxies are reverse proxies (IPs or CIDRs) whose
+	// X-Forwarded-For is believed (env VITRINE_TRUSTED_PROXIES, comma
+	// separated).
+	TrustedProxies []string `yaml:"trusted_proxies"`
 	// Store is a PostgreSQL DSN; empty means SQLite in the data directory.
 	Store string `yaml:"store"`
 
@@ -121,6 +126,7 @@ func defaultConfig() Config {
 	c.Streams.GOPCacheBytes = media.DefaultGOPCacheBytes
 	c.Streams.GOPCacheAge = media.DefaultGOPCacheAge
 	c.Commerce.ReservationTTL = 5 * time.Minute
+	c.TrustedProxies = []string{}
 	c.Chat.Retention = 30 * 24 * time.Hour
 	c.Chat.NewNamesPerIP = 10
 	c.CORS.AllowOrigins = []string{"*"}
@@ -207,6 +213,9 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 		}
 		c.Streams.ReencodeKeyframesOver = d
 	}
+	if v := getenv("VITRINE_TRUSTED_PROXIES"); v != "" {
+		c.TrustedProxies = strings.Split(v, ",")
+	}
 	if v := getenv("VITRINE_CHAT_RETENTION"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {
@@ -251,6 +260,9 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	if c.Streams.GOPCacheBytes < 0 || c.Streams.GOPCacheAge < 0 {
 		return c, fmt.Errorf("streams.gop_cache_bytes and gop_cache_age must not be negative")
 	}
+	if _, err := c.trustedProxies(); err != nil {
+		return c, err
+	}
 	if c.Chat.Retention <= 0 || c.Chat.NewNamesPerIP < 1 {
 		return c, fmt.Errorf("chat.retention must be a positive duration and chat.new_names_per_ip at least 1")
 	}
@@ -273,4 +285,22 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 		return c, fmt.Errorf("udp port %d out of range", c.WebRTC.UDPPort)
 	}
 	return c, nil
+}
+
+// trustedProxies parses trusted_proxies: addresses or CIDR prefixes.
+func (c Config) trustedProxies() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, v := range c.TrustedProxies {
+		v = strings.TrimSpace(v)
+		if p, err := netip.ParsePrefix(v); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return nil, fmt.Errorf("trusted_proxies: %q is neither an address nor a CIDR prefix", v)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
 }

@@ -209,12 +209,14 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 		secret = clusterViewerSecret(cfg.Cluster.Secret)
 	}
 	om := overlay.NewMetrics(reg)
+	proxies, _ := cfg.trustedProxies() // checked by loadConfig
 	a.edge = signaling.New(signaling.Config{
-		ViewerSecret: secret,
-		Show:         overlay.ShowConfig{ReservationTTL: cfg.Commerce.ReservationTTL, Metrics: om, Log: log},
-		AdminToken:   a.cfg.AdminToken,
-		AllowOrigins: cfg.CORS.AllowOrigins,
-		ICEServers:   cfg.WebRTC.ICEServers,
+		TrustedProxies: proxies,
+		ViewerSecret:   secret,
+		Show:           overlay.ShowConfig{ReservationTTL: cfg.Commerce.ReservationTTL, Metrics: om, Log: log},
+		AdminToken:     a.cfg.AdminToken,
+		AllowOrigins:   cfg.CORS.AllowOrigins,
+		ICEServers:     cfg.WebRTC.ICEServers,
 		Chat: chat.Config{Store: a.store, Names: chat.NewNames(a.store, cfg.Chat.NewNamesPerIP, nil),
 			Metrics: chat.NewMetrics(reg), Log: log},
 		Takeover: cfg.Streams.Takeover,
