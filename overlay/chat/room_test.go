@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vitrine-live/vitrine/overlay/chat"
@@ -173,4 +175,33 @@ func TestFilterWholeWords(t *testing.T) {
 	if _, err := room.Moderate(ctx, chat.RoleHost, chat.ActionRequest{Action: "filter", Words: []string{"two words"}, Mode: chat.FilterMask}); err == nil {
 		t.Error("a filter word with a space was accepted")
 	}
+}
+
+// FuzzCleanText: whatever a viewer types, a text taken is plain (no control
+// or bidirectional override characters), at most MaxText characters, and
+// cleaning it again changes nothing; names the same.
+func FuzzCleanText(f *testing.F) {
+	for _, s := range []string{"hello", " a\nb ", "\u202Eabc", "<b>x</b>", "\xff\xfe", "Ada Lovelace", "x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		if out, err := chat.CleanText(in); err == nil {
+			if n := utf8.RuneCountInString(out); n == 0 || n > chat.MaxText {
+				t.Fatalf("%q: %d characters", out, n)
+			}
+			for _, r := range out {
+				if unicode.IsControl(r) || (r >= 0x202A && r <= 0x202E) || (r >= 0x2066 && r <= 0x2069) || r == utf8.RuneError {
+					t.Fatalf("%q keeps %U", out, r)
+				}
+			}
+			if again, err := chat.CleanText(out); err != nil || again != out {
+				t.Fatalf("cleaning %q again: %q, %v", out, again, err)
+			}
+		}
+		if name, key, err := chat.ValidName(in); err == nil {
+			if again, key2, err := chat.ValidName(name); err != nil || again != name || key2 != key {
+				t.Fatalf("name %q again: %q %q, %v", name, again, key2, err)
+			}
+		}
+	})
 }

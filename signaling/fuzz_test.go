@@ -1,0 +1,85 @@
+package signaling
+
+import (
+	"context"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vitrine-live/vitrine/media/alloc"
+	"github.com/vitrine-live/vitrine/overlay"
+	"github.com/vitrine-live/vitrine/overlay/chat"
+	"github.com/vitrine-live/vitrine/overlay/sqlstore"
+)
+
+type noMedia struct{}
+
+func (noMedia) Latest() (uint32, bool)      { return 0, false }
+func (noMedia) At(time.Time) (uint32, bool) { return 0, false }
+
+// anyQuality stands for the viewer's media session, which takes a quality
+// choice; the choice's own checks are media's (TestQualityMessage).
+type anyQuality struct{}
+
+func (anyQuality) SetQuality(alloc.Choice) error { return nil }
+
+// FuzzViewerMessage feeds the data channel's handler whatever a viewer
+// could send, against a real show, chat room and SQLite store: it must
+// answer every message (or, for a reaction, take it silently) and never
+// panic.
+func FuzzViewerMessage(f *testing.F) {
+	for _, seed := range []string{
+		`{"type":"buy","sku":"mug","qty":1,"key":"key-0001"}`,
+		`{"type":"buy","sku":"mug","qty":-5,"key":""}`,
+		`{"type":"confirm","order_id":"ord_x"}`,
+		`{"type":"quality","value":"low"}`,
+		`{"type":"chat.name","name":"Ada"}`,
+		`{"type":"chat","text":"<script>alert(1)</script>","question":true,"key":"k"}`,
+		`{"type":"chat","text":"\u202eevil\u0000"}`,
+		`{"type":"react","value":"heart"}`,
+		`{"type":"react","value":"boom"}`,
+		`{"type":7}`, `[]`, `null`, `{`, ``,
+	} {
+		f.Add([]byte(seed))
+	}
+	ctx := context.Background()
+	store, err := sqlstore.Open(ctx, filepath.Join(f.TempDir(), "fuzz.db"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer store.Close()
+	if _, err := store.CreateProduct(ctx, overlay.Product{SKU: "mug", Title: "Mug", PriceMinor: 900, Currency: "EUR", Stock: 1_000_000_000, Active: true}); err != nil {
+		f.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	log := slog.New(slog.DiscardHandler)
+	srv := New(Config{ViewerSecret: []byte("fuzz-secret")}, nil, nil, store, reg, reg, log)
+	show, err := overlay.NewShow(ctx, "s", noMedia{}, srv.showCfg)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer show.Close()
+	if _, err := show.Cue(ctx, overlay.CueRequest{Type: overlay.CueShowCard, SKU: "mug"}); err != nil {
+		f.Fatal(err)
+	}
+	room, err := chat.NewRoom(ctx, "s", noMedia{}, show.OnScreen, srv.chatCfg)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer room.Close()
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		vs := viewerSession{show: show, room: room, viewer: "v1", ip: "192.0.2.1", q: anyQuality{}, limit: &tokenBucket{rate: 1e6, burst: 1e6}}
+		reply, ok := srv.onViewerMessage(vs, raw)
+		if ok && (reply.V != 1 || reply.Type == "") {
+			t.Fatalf("%q: reply %+v has no version or type", raw, reply)
+		}
+		if reply.Type == "error" && (reply.Code == "" || reply.Message == "") {
+			t.Fatalf("%q: error without code or message: %+v", raw, reply)
+		}
+		if reply.Code == "internal" {
+			t.Fatalf("%q: internal error", raw)
+		}
+	})
+}
