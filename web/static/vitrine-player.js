@@ -4,7 +4,12 @@
 //
 // Attributes: server (default: this page's origin), stream (default "demo"),
 // quality (auto, high, medium, low: the quality menu's choice; without it,
-// the viewer's last choice on this page, else auto).
+// the viewer's last choice on this page, else auto), layout (fill: the page
+// gives the player the whole screen, as the watch page does on a phone; a
+// portrait video then covers it, a landscape one sits at the top, and the
+// card is a compact bar at --vitrine-card-bottom).
+// The player sets orientation (portrait or landscape) from the video's size,
+// for the page's CSS.
 // In a cluster the player follows the nodes: a node's 307 and its
 // `reconnect` message move it, and when its node dies it goes to the next
 // of the nodes the welcome listed (the server attribute last). `node` is
@@ -13,13 +18,19 @@
 //   vitrine-state  {state, reason}       waiting, live, reconnecting, ended
 //   vitrine-card   {card, sale, rtpTimestamp, type, id}  a card is on screen
 //                  (fired in the frame callback of the frame it appears on)
+//   vitrine-card-hide {sku}              the card went off screen
 //   vitrine-buy    {sku, qty, card}      cancelable: call preventDefault() to
 //                                        route Buy into your own cart instead
 //   vitrine-order  {order}               an order was confirmed
 //   vitrine-quality {quality}            the server took a quality choice
-//   vitrine-message {...}                any overlay message, as received
+//   vitrine-message {...}                any overlay or chat message, as received
+// The chat pinned by the creator shows over the top of the video, and
+// reaction counts float up its right side. <vitrine-chat> talks through
+// send() (the data channel) and request() (HTTP, as this viewer).
 // Style with CSS custom properties: --vitrine-accent, --vitrine-card-bg,
-// --vitrine-card-fg, --vitrine-radius, --vitrine-font, --vitrine-aspect.
+// --vitrine-card-fg, --vitrine-radius, --vitrine-font, --vitrine-aspect,
+// --vitrine-card-bottom and --vitrine-card-right (layout fill),
+// --vitrine-float-bottom (where reactions start floating from).
 
 const css = `
 :host { display: block; position: relative; background: #000; color: #fff; overflow: hidden;
@@ -52,7 +63,47 @@ button:focus-visible { outline: 2px solid #fff; outline-offset: 2px; }
 .card .answer { font-size: .9em; }
 .card .sale { color: var(--vitrine-accent, #ff3d6e); font-weight: 700; }
 @media (max-width: 480px) { .card { grid-template-columns: 48px 1fr; font-size: 13px; } .card img { width: 48px; height: 48px; } }
+.pinned { position: absolute; left: 12px; right: 12px; top: 58px; margin: 0 auto; width: fit-content; max-width: min(560px, calc(100% - 24px));
+  background: rgba(0,0,0,.62); border-left: 3px solid var(--vitrine-accent, #ff3d6e); border-radius: 6px;
+  padding: 6px 10px; font-size: .9em; overflow-wrap: anywhere; display: -webkit-box; -webkit-line-clamp: 3; -webkit-box-orient: vertical; overflow: hidden; }
+.pinned .tag { font-size: .75em; text-transform: uppercase; letter-spacing: .05em; opacity: .75; margin-right: 6px; }
+.pinned .who { font-weight: 700; margin-right: 6px; }
+.floats { position: absolute; right: 6px; width: 64px; top: 15%; bottom: var(--vitrine-float-bottom, 35%); pointer-events: none; overflow: hidden; }
+.float { position: absolute; width: 30px; height: 30px; animation: rise 2s ease-out both; }
+.float svg { width: 100%; height: 100%; display: block; filter: drop-shadow(0 1px 2px rgba(0,0,0,.5)); }
+@keyframes rise { 0% { top: 100%; opacity: 0; transform: scale(.6); } 12% { opacity: 1; transform: scale(1); }
+  100% { top: -30px; opacity: 0; transform: translateX(var(--dx, 0)) scale(1.1); } }
+/* layout fill: the page gave the player the whole screen (a phone). */
+:host([layout=fill]) { aspect-ratio: auto; border-radius: 0; }
+:host([layout=fill]) video { object-position: 50% 0; }
+:host([layout=fill][orientation=portrait]) video { object-fit: cover; }
+:host([layout=fill]) .card { left: 12px; right: var(--vitrine-card-right, 12px); bottom: var(--vitrine-card-bottom, 12px); width: auto;
+  grid-template-columns: 44px minmax(0, 1fr) auto; align-items: center; gap: 2px 8px; padding: 6px 8px; font-size: 13px; }
+:host([layout=fill]) .card img { width: 44px; height: 44px; }
+:host([layout=fill]) .card .title { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+:host([layout=fill]) .card .price { font-size: 1em; }
+:host([layout=fill]) .card .meta { font-size: 11px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+:host([layout=fill]) .card .actions { display: contents; }
+:host([layout=fill]) .card .buy, :host([layout=fill]) .card .confirm { grid-column: 3; grid-row: 1; padding: 8px 12px; }
+:host([layout=fill]) .card:has(.confirm:not([hidden])) .buy { display: none; }
+:host([layout=fill]) .card .answer { grid-column: 1 / -1; font-size: 12px; }
+:host([layout=fill]) .card .answer:empty { display: none; }
 `;
+
+// The reactions a viewer can tap, drawn as SVG so they look the same on
+// every device (no emoji font needed).
+const face = '<circle cx="12" cy="12" r="10" fill="#ffcc33"/>';
+export const reactionIcons = {
+  heart: '<svg viewBox="0 0 24 24" aria-hidden="true"><path fill="#ff3d6e" d="M12 21s-7.5-4.6-9.6-9.2C.9 8.4 2.8 4.5 6.6 4.5c2.2 0 3.9 1.3 5.4 3.2 1.5-1.9 3.2-3.2 5.4-3.2 3.8 0 5.7 3.9 4.2 7.3C19.5 16.4 12 21 12 21z"/></svg>',
+  fire: '<svg viewBox="0 0 24 24" aria-hidden="true"><path fill="#ff7a1a" d="M12 2c1 3.5 5.5 6 5.5 11.2A5.5 5.5 0 0 1 12 22a5.5 5.5 0 0 1-5.5-5.6c0-2.3 1.1-4 2.4-5.3.2 1.6.9 2.7 2 3.2C10.2 10.5 11.4 6 12 2z"/><path fill="#ffd23f" d="M12 13c1.3 1.6 2.6 2.8 2.6 4.6a2.6 2.6 0 0 1-5.2 0c0-1.6 1.2-2.9 2.6-4.6z"/></svg>',
+  clap: '<svg viewBox="0 0 24 24" aria-hidden="true"><g fill="#f5b94a" stroke="#a8650f" stroke-width=".8"><rect x="4.5" y="7" width="7" height="14" rx="3.5" transform="rotate(-18 8 14)"/><rect x="11.5" y="6" width="7" height="14" rx="3.5" transform="rotate(14 15 13)"/></g><path fill="none" stroke="#ffd23f" stroke-width="1.6" stroke-linecap="round" d="M12 1.5v2.5M17 2.5l-1.2 2M7 2.5l1.2 2"/></svg>',
+  laugh: `<svg viewBox="0 0 24 24" aria-hidden="true">${face}<path fill="none" stroke="#5a3a00" stroke-width="1.6" stroke-linecap="round" d="M6.8 9.8q1.6-1.8 3.2 0M14 9.8q1.6-1.8 3.2 0"/><path fill="#5a3a00" d="M6.5 13h11a5.5 5.5 0 0 1-11 0z"/></svg>`,
+  wow: `<svg viewBox="0 0 24 24" aria-hidden="true">${face}<circle cx="8.5" cy="9.5" r="1.5" fill="#5a3a00"/><circle cx="15.5" cy="9.5" r="1.5" fill="#5a3a00"/><ellipse cx="12" cy="15.8" rx="2.5" ry="3.1" fill="#5a3a00"/></svg>`,
+};
+
+// At most this many reactions float at once: a flood of taps costs the
+// page a bounded number of DOM nodes, whatever the counts say.
+export const maxFloats = 30;
 
 const labels = {
   connecting: 'Connecting…',
@@ -70,6 +121,9 @@ export function price(minor, currency, locale) {
 
 // The quality menu's entries, as the server takes them.
 const qualities = ['auto', 'high', 'medium', 'low'];
+
+// Error codes that answer a chat message or a name, not a buy.
+const chatCodes = new Set(['name_required', 'invalid_name', 'name_taken', 'name_locked', 'muted', 'slow_mode', 'banned']);
 
 // reached: has the frame with RTP timestamp ts reached at (32-bit wrap-around)?
 export function reached(ts, at) { return ((ts - at) | 0) >= 0; }
@@ -91,7 +145,9 @@ export class VitrinePlayer extends HTMLElement {
         <div class="actions"><button class="buy" type="button">Buy</button>
           <button class="confirm" type="button" hidden>Confirm order</button>
           <span class="answer" role="status"></span></div>
-      </section>`;
+      </section>
+      <p class="pinned" hidden aria-live="polite"><span class="tag">Pinned</span><span class="who"></span><span class="text"></span></p>
+      <div class="floats" aria-hidden="true"></div>`;
     this.video = root.querySelector('video');
     this.statusEl = root.querySelector('.status');
     this.unmuteBtn = root.querySelector('.unmute');
@@ -100,6 +156,18 @@ export class VitrinePlayer extends HTMLElement {
     this.confirmBtn = root.querySelector('.confirm');
     this.answerEl = root.querySelector('.answer');
     this.qualityEl = root.querySelector('.quality select');
+    this.pinnedEl = root.querySelector('.pinned');
+    this.floatsEl = root.querySelector('.floats');
+    this.pinned = null;
+    // The page's CSS may lay out a portrait creator differently.
+    const orient = () => {
+      const { videoWidth: w, videoHeight: h } = this.video;
+      if (!w || !h) return;
+      const o = h > w ? 'portrait' : 'landscape';
+      if (this.getAttribute('orientation') !== o) this.setAttribute('orientation', o);
+    };
+    this.video.addEventListener('loadedmetadata', orient);
+    this.video.addEventListener('resize', orient);
     this.qualityEl.addEventListener('change', () => this.chooseQuality(this.qualityEl.value, true));
     this.unmuteBtn.addEventListener('click', () => { this.video.muted = false; this.unmuteBtn.hidden = true; });
     this.buyBtn.addEventListener('click', () => this.buy());
@@ -161,9 +229,31 @@ export class VitrinePlayer extends HTMLElement {
   }
 
   sendQuality() {
-    if (this.dc && this.dc.readyState === 'open') {
-      this.dc.send(JSON.stringify({ v: 1, type: 'quality', value: this.qualityEl.value }));
-    }
+    this.send({ type: 'quality', value: this.qualityEl.value });
+  }
+
+  // send puts a message on the data channel; false when it is not open
+  // (the caller may use the HTTP twin instead).
+  send(msg) {
+    if (!this.dc || this.dc.readyState !== 'open') return false;
+    this.dc.send(JSON.stringify({ v: 1, ...msg }));
+    return true;
+  }
+
+  // request calls the server's HTTP API as this viewer (its Vitrine-Viewer
+  // token, kept from the welcome or a response). It resolves to
+  // {status, ok, body, retryAfter (seconds)}; it rejects when the server
+  // cannot be reached.
+  async request(method, path, body) {
+    const headers = {};
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    const token = localStorage.getItem('vitrine-viewer');
+    if (token) headers['Vitrine-Viewer'] = token;
+    const res = await fetch(`${this.server}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    const fresh = res.headers.get('Vitrine-Viewer');
+    if (fresh) localStorage.setItem('vitrine-viewer', fresh);
+    const data = res.status === 204 ? null : await res.json().catch(() => null);
+    return { status: res.status, ok: res.ok, body: data, retryAfter: Number(res.headers.get('Retry-After')) || 0 };
   }
 
   // showHeight puts the resolution received next to Auto: "Auto (360p)".
@@ -370,7 +460,59 @@ export class VitrinePlayer extends HTMLElement {
         this.qualityEl.dataset.confirmed = msg.value;
         this.emit('vitrine-quality', { quality: msg.value });
         break;
-      case 'error': if (this.buying) this.answer(msg.message, true); break;
+      case 'error': this.onError(msg); break;
+      case 'chat.snapshot': this.showPinned(msg.pinned); break;
+      case 'chat.pin': this.showPinned(msg.message); break;
+      case 'chat.delete':
+        if (this.pinned && (msg.ids || []).includes(this.pinned.id)) this.showPinned(null);
+        break;
+      case 'reactions': this.floatReactions(msg.counts); break;
+    }
+  }
+
+  // onError shows a refused buy on the card. Errors about chat (they
+  // have their own codes, or another key) are <vitrine-chat>'s.
+  onError(msg) {
+    if (!this.buying) return;
+    const forBuy = msg.key ? msg.key === this.buyKey : !chatCodes.has(msg.code) || msg.code === 'banned';
+    if (!forBuy) return;
+    this.buying = false;
+    this.answer(msg.code === 'banned' ? 'You cannot buy on this stream.' : msg.message, true);
+    this.answerEl.dataset.outcome = msg.code;
+    this.render();
+  }
+
+  // showPinned puts the pinned chat message over the video (as text).
+  showPinned(m) {
+    this.pinned = m && m.text ? m : null;
+    this.pinnedEl.hidden = !this.pinned;
+    if (!this.pinned) return;
+    const named = m.role && m.name.toLowerCase() !== m.role ? `${m.name} (${m.role})` : m.name;
+    this.pinnedEl.querySelector('.who').textContent = named;
+    this.pinnedEl.querySelector('.text').textContent = m.text;
+  }
+
+  // floatReactions floats one icon per tap counted, spread over the
+  // 250 ms until the next count, never more than maxFloats at once.
+  floatReactions(counts) {
+    const taps = Object.entries(counts || {}).filter(([value, n]) => reactionIcons[value] && n > 0);
+    const total = taps.reduce((sum, [, n]) => sum + n, 0);
+    let i = 0;
+    for (const [value, n] of taps) {
+      for (let k = 0; k < n; k++, i++) {
+        if (this.floatsEl.childElementCount >= maxFloats) return;
+        const el = document.createElement('span');
+        el.className = 'float';
+        el.dataset.value = value;
+        el.innerHTML = reactionIcons[value];
+        el.style.left = `${Math.round(Math.random() * 50)}%`;
+        el.style.setProperty('--dx', `${Math.round(Math.random() * 30 - 15)}px`);
+        el.style.animationDelay = `${Math.round((i / total) * 240)}ms`;
+        el.style.animationDuration = `${1600 + Math.round(Math.random() * 800)}ms`;
+        el.addEventListener('animationend', () => el.remove());
+        setTimeout(() => el.remove(), 3500); // animations do not run in a hidden tab
+        this.floatsEl.append(el);
+      }
     }
   }
 
@@ -440,6 +582,7 @@ export class VitrinePlayer extends HTMLElement {
   }
 
   apply(msg, rtpTimestamp) {
+    const had = this.card;
     switch (msg.type) {
       case 'snapshot':
         this.card = msg.card || null;
@@ -464,6 +607,7 @@ export class VitrinePlayer extends HTMLElement {
     }
     this.render();
     if (this.card && msg.type !== 'custom') this.emit('vitrine-card', { card: this.card, sale: this.sale, rtpTimestamp, type: msg.type, id: msg.id });
+    if (had && !this.card) this.emit('vitrine-card-hide', { sku: had.sku });
   }
 
   setSale(sale) {
@@ -523,21 +667,15 @@ export class VitrinePlayer extends HTMLElement {
     this.render();
     this.answer('Reserving…');
     const key = crypto.randomUUID();
+    this.buyKey = key;
     const msg = { type: 'buy', sku: detail.sku, qty: 1, key };
-    if (this.dc && this.dc.readyState === 'open') {
-      this.dc.send(JSON.stringify(msg));
-      return;
-    }
+    if (this.send(msg)) return;
     try {
-      const headers = { 'Content-Type': 'application/json' };
-      const token = localStorage.getItem('vitrine-viewer');
-      if (token) headers['Vitrine-Viewer'] = token;
-      const res = await fetch(`${this.server}/api/v1/streams/${encodeURIComponent(this.stream)}/buy`,
-        { method: 'POST', headers, body: JSON.stringify(msg) });
-      if (res.headers.get('Vitrine-Viewer')) localStorage.setItem('vitrine-viewer', res.headers.get('Vitrine-Viewer'));
-      const body = await res.json();
-      if (!res.ok) throw new Error(body.error ? body.error.message : `HTTP ${res.status}`);
-      this.onBuyResult({ result: body });
+      const res = await this.request('POST', `/api/v1/streams/${encodeURIComponent(this.stream)}/buy`, msg);
+      const err = res.body && res.body.error;
+      if (err && err.code === 'banned') { this.onError({ ...err, key }); return; }
+      if (!res.ok) throw new Error(err ? err.message : `HTTP ${res.status}`);
+      this.onBuyResult({ result: res.body });
     } catch (err) {
       this.buying = false;
       this.answer(`Could not buy: ${err.message}`, true);
@@ -564,7 +702,7 @@ export class VitrinePlayer extends HTMLElement {
     if (!this.order || !this.dc || this.dc.readyState !== 'open') return;
     this.confirmBtn.disabled = true;
     this.answer('Confirming…');
-    this.dc.send(JSON.stringify({ type: 'confirm', order_id: this.order.id }));
+    this.send({ type: 'confirm', order_id: this.order.id });
   }
 
   onConfirmed(order) {
