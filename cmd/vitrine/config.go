@@ -83,6 +83,19 @@ type Config struct {
 
 	// Metrics: Listen serves /metrics on its own address (and no longer on
 	// the HTTP port); Token, when set, is the bearer token /metrics requires.
+	// TLS makes the http address serve HTTPS (HTTP/2 and HTTP/1.1): with a
+	// certificate and key from files, or from Let's Encrypt for
+	// ACMEDomains (cached in the data directory, renewed by themselves).
+	TLS struct {
+		CertFile    string   `yaml:"cert_file"`
+		KeyFile     string   `yaml:"key_file"`
+		ACMEDomains []string `yaml:"acme_domains"`
+		ACMEEmail   string   `yaml:"acme_email"`
+		// ACMEHTTP answers ACME's HTTP challenge and redirects plain HTTP
+		// to HTTPS, with ACME on; "" = off.
+		ACMEHTTP string `yaml:"acme_http"`
+	} `yaml:"tls"`
+
 	Metrics struct {
 		Listen string `yaml:"listen"`
 		Token  string `yaml:"token"`
@@ -127,6 +140,8 @@ func defaultConfig() Config {
 	c.Streams.GOPCacheAge = media.DefaultGOPCacheAge
 	c.Commerce.ReservationTTL = 5 * time.Minute
 	c.TrustedProxies = []string{}
+	c.TLS.ACMEDomains = []string{}
+	c.TLS.ACMEHTTP = ":80"
 	c.Chat.Retention = 30 * 24 * time.Hour
 	c.Chat.NewNamesPerIP = 10
 	c.CORS.AllowOrigins = []string{"*"}
@@ -213,6 +228,11 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 		}
 		c.Streams.ReencodeKeyframesOver = d
 	}
+	envString("VITRINE_TLS_CERT_FILE", &c.TLS.CertFile)
+	envString("VITRINE_TLS_KEY_FILE", &c.TLS.KeyFile)
+	if v := getenv("VITRINE_TLS_ACME_DOMAINS"); v != "" {
+		c.TLS.ACMEDomains = strings.Split(v, ",")
+	}
 	if v := getenv("VITRINE_TRUSTED_PROXIES"); v != "" {
 		c.TrustedProxies = strings.Split(v, ",")
 	}
@@ -259,6 +279,12 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	}
 	if c.Streams.GOPCacheBytes < 0 || c.Streams.GOPCacheAge < 0 {
 		return c, fmt.Errorf("streams.gop_cache_bytes and gop_cache_age must not be negative")
+	}
+	switch {
+	case (c.TLS.CertFile == "") != (c.TLS.KeyFile == ""):
+		return c, fmt.Errorf("tls.cert_file and tls.key_file go together (VITRINE_TLS_CERT_FILE, VITRINE_TLS_KEY_FILE)")
+	case c.TLS.CertFile != "" && len(c.TLS.ACMEDomains) > 0:
+		return c, fmt.Errorf("tls: a certificate from files or from ACME (tls.acme_domains), not both")
 	}
 	if _, err := c.trustedProxies(); err != nil {
 		return c, err

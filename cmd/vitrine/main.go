@@ -108,6 +108,8 @@ type app struct {
 	// metricsHTTP serves /metrics on metrics.listen, when set.
 	metricsHTTP     *http.Server
 	metricsListener net.Listener
+	tls             bool   // the http address serves HTTPS
+	stopACME        func() // closes ACME's plain-HTTP listener
 }
 
 func start(cfg Config, logOut io.Writer) (*app, error) {
@@ -240,8 +242,18 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 
+	tlsConf, stopACME, err := tlsFor(cfg, log)
+	if err != nil {
+		a.edge.Shows(func(sh *overlay.Show) { sh.Close() })
+		a.store.Close()
+		a.streams.Close()
+		rtc.Close()
+		return nil, err
+	}
+	a.tls, a.stopACME = tlsConf != nil, stopACME
 	a.listener, err = net.Listen("tcp", cfg.HTTP)
 	if err != nil {
+		stopACME()
 		a.edge.Shows(func(sh *overlay.Show) { sh.Close() })
 		a.store.Close()
 		a.streams.Close()
@@ -252,6 +264,7 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 	if cfg.Metrics.Listen != "" {
 		a.metricsListener, err = net.Listen("tcp", cfg.Metrics.Listen)
 		if err != nil {
+			stopACME()
 			a.listener.Close()
 			a.edge.Shows(func(sh *overlay.Show) { sh.Close() })
 			a.store.Close()
@@ -278,9 +291,15 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 		Handler:           withMetrics(a.edge.Handler(web.Mount), cfg.Metrics.Listen == "" && cfg.Metrics.Token == "", metrics),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
+		TLSConfig:         tlsConf,
 	}
 	go func() {
-		if err := a.http.Serve(a.listener); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		serve := func() error { return a.http.Serve(a.listener) }
+		if a.tls {
+			// ServeTLS adds HTTP/2 to what the TLS handshake offers.
+			serve = func() error { return a.http.ServeTLS(a.listener, "", "") }
+		}
+		if err := serve(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("http server stopped", "err", err)
 		}
 	}()
@@ -340,6 +359,14 @@ func (a *app) baseURL() string {
 		return strings.TrimRight(a.cfg.PublicURL, "/")
 	}
 	_, port, _ := net.SplitHostPort(a.listener.Addr().String())
+	switch {
+	case len(a.cfg.TLS.ACMEDomains) > 0 && port == "443":
+		return "https://" + strings.TrimSpace(a.cfg.TLS.ACMEDomains[0])
+	case len(a.cfg.TLS.ACMEDomains) > 0:
+		return "https://" + strings.TrimSpace(a.cfg.TLS.ACMEDomains[0]) + ":" + port
+	case a.tls:
+		return "https://localhost:" + port
+	}
 	return "http://localhost:" + port
 }
 
@@ -371,6 +398,7 @@ func (a *app) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	err := a.http.Shutdown(ctx)
+	a.stopACME()
 	if a.metricsHTTP != nil {
 		err = errors.Join(err, a.metricsHTTP.Shutdown(ctx))
 	}
