@@ -42,6 +42,8 @@ type Config struct {
 	// TrustedProxies are the reverse proxies whose X-Forwarded-For names
 	// the client (per-address limits).
 	TrustedProxies []netip.Prefix
+	// Limits bound what one client address may do.
+	Limits Limits
 	// ViewerSecret signs viewer tokens (per-viewer purchase limits).
 	ViewerSecret []byte
 	// Show configures every stream's commerce overlay; its Store is the
@@ -61,6 +63,7 @@ type Server struct {
 	gatherer prometheus.Gatherer
 	log      *slog.Logger
 	metrics  *edgeMetrics
+	limits   *limiter
 
 	showCfg overlay.ShowConfig
 
@@ -125,7 +128,7 @@ func New(cfg Config, rtc *media.WebRTC, streams *Streams, store overlay.Store, r
 	}
 	return &Server{cfg: cfg, rtc: rtc, streams: streams, store: store, gatherer: gatherer, log: log, metrics: m,
 		showCfg: showCfg, sessions: map[string]*session{}, shows: map[string]*overlay.Show{},
-		rooms: map[string]*chat.Room{}, chatCfg: chatCfg}
+		rooms: map[string]*chat.Room{}, chatCfg: chatCfg, limits: newLimiter(cfg.Limits, log, reg)}
 }
 
 // SetReady makes /readyz answer 200 (after startup completed).
@@ -141,7 +144,7 @@ func (s *Server) Handler(extra func(mux *http.ServeMux)) http.Handler {
 	mux := http.NewServeMux()
 	route := func(pattern string, h http.HandlerFunc) {
 		name := pattern[strings.Index(pattern, " ")+1:]
-		mux.Handle(pattern, s.instrument(name, s.cors(h)))
+		mux.Handle(pattern, s.instrument(name, s.cors(s.limited(pattern, h))))
 	}
 	route("POST /whip/{stream}", s.whipPost)
 	route("PATCH /whip/{stream}/{session}", s.sessionPatch)

@@ -44,6 +44,11 @@ func (s *Server) whipPost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	name := def.Name
+	release, ok := s.holdSession(w, r)
+	if !ok {
+		return
+	}
+	defer func() { release() }() // unless the session took it over
 	offer, ok := s.readSDP(w, r)
 	if !ok {
 		return
@@ -56,6 +61,7 @@ func (s *Server) whipPost(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sess := s.addSession("whip", name, pub.PeerConnection(), pub.End, pub.Done(), nil)
+	release = s.keepUntilDone(sess, release)
 	s.log.Info("whip: creator session started", "stream", name, "session", sess.id, "remote", r.RemoteAddr)
 	s.writeAnswer(w, sess, answer)
 }
@@ -73,6 +79,13 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 	if !peer && s.redirectViewer(w, r, name) {
 		return
 	}
+	release := func() {}
+	if !peer {
+		if release, ok = s.holdSession(w, r); !ok {
+			return
+		}
+	}
+	defer func() { release() }() // unless the session took it over
 	offer, ok := s.readSDP(w, r)
 	if !ok {
 		return
@@ -165,6 +178,7 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	})
+	release = s.keepUntilDone(sess, release)
 	if peer {
 		s.log.Info("whep: another node pulls the stream", "stream", name, "session", sess.id, "remote", r.RemoteAddr)
 	}
@@ -226,6 +240,27 @@ func (s *Server) offerError(w http.ResponseWriter, kind, stream string, err erro
 
 // addSession registers a session; set fills in its other fields before
 // anyone else sees it.
+// holdSession counts a session being opened against its address's limit;
+// the caller releases it when the session fails or ends.
+func (s *Server) holdSession(w http.ResponseWriter, r *http.Request) (release func(), ok bool) {
+	ip := s.clientIP(r)
+	release, ok = s.limits.open(ip, false)
+	if !ok {
+		s.limits.refuse(w, r, ip, "sessions", 5*time.Second)
+	}
+	return release, ok
+}
+
+// keepUntilDone releases a session's hold on its address's limit when the
+// session ends, and returns a no-op for the request's own deferred release.
+func (s *Server) keepUntilDone(sess *session, release func()) func() {
+	go func() {
+		<-sess.done
+		release()
+	}()
+	return func() {}
+}
+
 func (s *Server) addSession(kind, stream string, pc *webrtc.PeerConnection, end func(), done <-chan struct{}, set func(*session)) *session {
 	sess := &session{id: newSessionID(), kind: kind, stream: stream, pc: pc, end: end, done: done}
 	sess.etag = etagOf(pc)

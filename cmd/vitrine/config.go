@@ -63,6 +63,17 @@ type Config struct {
 		WebhookSecret  string        `yaml:"webhook_secret"`
 	} `yaml:"commerce"`
 
+	// Limits per client address (signaling.Limits); 0 turns one off.
+	Limits struct {
+		RequestsPerSecond float64  `yaml:"requests_per_second"`
+		RequestBurst      int      `yaml:"request_burst"`
+		OffersPerMinute   float64  `yaml:"offers_per_minute"`
+		OfferBurst        int      `yaml:"offer_burst"`
+		Sessions          int      `yaml:"sessions"`
+		EventStreams      int      `yaml:"event_streams"`
+		Exempt            []string `yaml:"exempt"`
+	} `yaml:"limits"`
+
 	Chat struct {
 		// Retention is how long chat messages and the moderation log are
 		// kept (env VITRINE_CHAT_RETENTION).
@@ -140,6 +151,10 @@ func defaultConfig() Config {
 	c.Streams.GOPCacheAge = media.DefaultGOPCacheAge
 	c.Commerce.ReservationTTL = 5 * time.Minute
 	c.TrustedProxies = []string{}
+	c.Limits.RequestsPerSecond, c.Limits.RequestBurst = 20, 100
+	c.Limits.OffersPerMinute, c.Limits.OfferBurst = 30, 20
+	c.Limits.Sessions, c.Limits.EventStreams = 50, 20
+	c.Limits.Exempt = []string{"127.0.0.0/8", "::1/128"}
 	c.TLS.ACMEDomains = []string{}
 	c.TLS.ACMEHTTP = ":80"
 	c.Chat.Retention = 30 * 24 * time.Hour
@@ -289,6 +304,13 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	if _, err := c.trustedProxies(); err != nil {
 		return c, err
 	}
+	if _, err := prefixes("limits.exempt", c.Limits.Exempt); err != nil {
+		return c, err
+	}
+	if c.Limits.RequestsPerSecond < 0 || c.Limits.OffersPerMinute < 0 || c.Limits.Sessions < 0 || c.Limits.EventStreams < 0 ||
+		(c.Limits.RequestsPerSecond > 0 && c.Limits.RequestBurst < 1) || (c.Limits.OffersPerMinute > 0 && c.Limits.OfferBurst < 1) {
+		return c, fmt.Errorf("limits: rates and counts must be 0 (off) or more, and a rate needs a burst of at least 1")
+	}
 	if c.Chat.Retention <= 0 || c.Chat.NewNamesPerIP < 1 {
 		return c, fmt.Errorf("chat.retention must be a positive duration and chat.new_names_per_ip at least 1")
 	}
@@ -313,10 +335,15 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	return c, nil
 }
 
-// trustedProxies parses trusted_proxies: addresses or CIDR prefixes.
+// trustedProxies parses trusted_proxies.
 func (c Config) trustedProxies() ([]netip.Prefix, error) {
+	return prefixes("trusted_proxies", c.TrustedProxies)
+}
+
+// prefixes parses a list of addresses or CIDR prefixes.
+func prefixes(what string, list []string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
-	for _, v := range c.TrustedProxies {
+	for _, v := range list {
 		v = strings.TrimSpace(v)
 		if p, err := netip.ParsePrefix(v); err == nil {
 			out = append(out, p.Masked())
@@ -324,7 +351,7 @@ func (c Config) trustedProxies() ([]netip.Prefix, error) {
 		}
 		a, err := netip.ParseAddr(v)
 		if err != nil {
-			return nil, fmt.Errorf("trusted_proxies: %q is neither an address nor a CIDR prefix", v)
+			return nil, fmt.Errorf("%s: %q is neither an address nor a CIDR prefix", what, v)
 		}
 		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
 	}

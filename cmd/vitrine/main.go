@@ -211,14 +211,18 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 		secret = clusterViewerSecret(cfg.Cluster.Secret)
 	}
 	om := overlay.NewMetrics(reg)
-	proxies, _ := cfg.trustedProxies() // checked by loadConfig
+	proxies, _ := cfg.trustedProxies() // both checked by loadConfig
+	exempt, _ := prefixes("limits.exempt", cfg.Limits.Exempt)
 	a.edge = signaling.New(signaling.Config{
 		TrustedProxies: proxies,
-		ViewerSecret:   secret,
-		Show:           overlay.ShowConfig{ReservationTTL: cfg.Commerce.ReservationTTL, Metrics: om, Log: log},
-		AdminToken:     a.cfg.AdminToken,
-		AllowOrigins:   cfg.CORS.AllowOrigins,
-		ICEServers:     cfg.WebRTC.ICEServers,
+		Limits: signaling.Limits{RequestsPerSecond: cfg.Limits.RequestsPerSecond, RequestBurst: cfg.Limits.RequestBurst,
+			OffersPerMinute: cfg.Limits.OffersPerMinute, OfferBurst: cfg.Limits.OfferBurst,
+			Sessions: cfg.Limits.Sessions, EventStreams: cfg.Limits.EventStreams, Exempt: exempt},
+		ViewerSecret: secret,
+		Show:         overlay.ShowConfig{ReservationTTL: cfg.Commerce.ReservationTTL, Metrics: om, Log: log},
+		AdminToken:   a.cfg.AdminToken,
+		AllowOrigins: cfg.CORS.AllowOrigins,
+		ICEServers:   cfg.WebRTC.ICEServers,
 		Chat: chat.Config{Store: a.store, Names: chat.NewNames(a.store, cfg.Chat.NewNamesPerIP, nil),
 			Metrics: chat.NewMetrics(reg), Log: log},
 		Takeover: cfg.Streams.Takeover,

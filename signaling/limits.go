@@ -1,0 +1,206 @@
+package signaling
+
+import (
+	"log/slog"
+	"math"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Limits bound what one client address may do, so that one script cannot
+// take a node's sessions, its store or its sockets. A zero field turns
+// its limit off. Exempt addresses (loopback by default: this machine, its
+// tests and a local proxy) are not limited.
+type Limits struct {
+	RequestsPerSecond float64 // REST calls, after a burst of RequestBurst
+	RequestBurst      int
+	OffersPerMinute   float64 // WHIP and WHEP POSTs, after a burst of OfferBurst
+	OfferBurst        int
+	Sessions          int // open WHIP and WHEP sessions
+	EventStreams      int // open SSE streams
+	Exempt            []netip.Prefix
+}
+
+// limiter keeps each address's budgets.
+type limiter struct {
+	cfg     Limits
+	log     *slog.Logger
+	refused *prometheus.CounterVec
+
+	mu     sync.Mutex
+	byAddr map[string]*addrState
+}
+
+type addrState struct {
+	requests, offers tokenBucket
+	sessions         int
+	streams          int
+	loggedAt         time.Time
+}
+
+func newLimiter(cfg Limits, log *slog.Logger, reg prometheus.Registerer) *limiter {
+	l := &limiter{cfg: cfg, log: log, byAddr: map[string]*addrState{},
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "vitrine_limit_refusals_total",
+			Help: "Requests refused with 429 by the per-address limits, by limit: requests, offers, sessions, event_streams."}, []string{"limit"})}
+	for _, k := range []string{"requests", "offers", "sessions", "event_streams"} {
+		l.refused.WithLabelValues(k)
+	}
+	reg.MustRegister(l.refused)
+	return l
+}
+
+func (l *limiter) exempt(ip string) bool {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return false
+	}
+	for _, p := range l.cfg.Exempt {
+		if p.Contains(a.Unmap()) {
+			return true
+		}
+	}
+	return false
+}
+
+// state returns ip's budgets; l.mu held. Addresses whose budgets are full
+// and that hold nothing open are forgotten when the map grows, so a flood
+// from many addresses cannot grow it without bound.
+func (l *limiter) state(ip string, now time.Time) *addrState {
+	st, ok := l.byAddr[ip]
+	if ok {
+		return st
+	}
+	if len(l.byAddr) >= 100_000 {
+		for k, old := range l.byAddr {
+			if old.sessions == 0 && old.streams == 0 && now.Sub(old.requests.last) > time.Minute && now.Sub(old.offers.last) > time.Minute {
+				delete(l.byAddr, k)
+			}
+		}
+	}
+	st = &addrState{
+		requests: tokenBucket{rate: l.cfg.RequestsPerSecond, burst: float64(l.cfg.RequestBurst)},
+		offers:   tokenBucket{rate: l.cfg.OffersPerMinute / 60, burst: float64(l.cfg.OfferBurst)},
+	}
+	l.byAddr[ip] = st
+	return st
+}
+
+// take spends one request (or offer) of ip; it returns how long to wait
+// when the budget is spent.
+func (l *limiter) take(ip string, offer bool) time.Duration {
+	rate := l.cfg.RequestsPerSecond
+	if offer {
+		rate = l.cfg.OffersPerMinute / 60
+	}
+	if rate <= 0 || l.exempt(ip) {
+		return 0
+	}
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := l.state(ip, now)
+	b := &st.requests
+	if offer {
+		b = &st.offers
+	}
+	if b.allow(now) {
+		return 0
+	}
+	return time.Duration((1 - b.tokens) / b.rate * float64(time.Second))
+}
+
+// open holds one of ip's sessions (or event streams) until release; ok is
+// false when it has as many open as allowed.
+func (l *limiter) open(ip string, stream bool) (release func(), ok bool) {
+	limit := l.cfg.Sessions
+	if stream {
+		limit = l.cfg.EventStreams
+	}
+	if limit <= 0 || l.exempt(ip) {
+		return func() {}, true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := l.state(ip, time.Now())
+	count := &st.sessions
+	if stream {
+		count = &st.streams
+	}
+	if *count >= limit {
+		return nil, false
+	}
+	*count++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			*count--
+			l.mu.Unlock()
+		})
+	}, true
+}
+
+// refuse answers 429 with Retry-After, counts it, and logs it at most once
+// a minute per address (a flood must not flood the log too).
+func (l *limiter) refuse(w http.ResponseWriter, r *http.Request, ip, limit string, wait time.Duration) {
+	l.refused.WithLabelValues(limit).Inc()
+	l.mu.Lock()
+	st := l.state(ip, time.Now())
+	logIt := time.Since(st.loggedAt) > time.Minute
+	if logIt {
+		st.loggedAt = time.Now()
+	}
+	l.mu.Unlock()
+	if logIt {
+		l.log.Warn("per-address limit reached", "limit", limit, "remote", ip, "path", r.URL.Path)
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(wait.Seconds())))))
+	msg := map[string]string{
+		"requests":      "too many requests from your address; slow down",
+		"offers":        "too many WHIP/WHEP sessions started from your address; wait",
+		"sessions":      "too many open sessions from your address; close some first",
+		"event_streams": "too many open event streams from your address; close some first",
+	}[limit]
+	writeError(w, http.StatusTooManyRequests, "rate_limited", msg)
+}
+
+// limited applies the per-address request budgets to a route: WHIP and
+// WHEP POSTs spend offers, the rest requests; an SSE stream is also held
+// open against its count. Another node's pulls are not limited.
+func (s *Server) limited(pattern string, h http.HandlerFunc) http.HandlerFunc {
+	offer := strings.HasPrefix(pattern, "POST /whip/") || strings.HasPrefix(pattern, "POST /whep/")
+	stream := strings.HasSuffix(pattern, "/events")
+	if strings.HasPrefix(pattern, "OPTIONS ") {
+		return h
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		ip := s.clientIP(r)
+		if offer && s.isPeer(r) {
+			h(w, r)
+			return
+		}
+		kind := "requests"
+		if offer {
+			kind = "offers"
+		}
+		if wait := s.limits.take(ip, offer); wait > 0 {
+			s.limits.refuse(w, r, ip, kind, wait)
+			return
+		}
+		if stream {
+			release, ok := s.limits.open(ip, true)
+			if !ok {
+				s.limits.refuse(w, r, ip, "event_streams", 5*time.Second)
+				return
+			}
+			defer release()
+		}
+		h(w, r)
+	}
+}
