@@ -3,7 +3,10 @@
 // webhooks that tell the merchant what happened.
 package overlay
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // Product is one catalog item. SKU is the merchant's own key and is unique.
 type Product struct {
@@ -64,11 +67,14 @@ const (
 
 // Order is one viewer's purchase of Qty units of a product on a stream.
 type Order struct {
-	ID             string    `json:"id"`
-	Stream         string    `json:"stream"`
-	SKU            string    `json:"sku"`
-	SaleID         string    `json:"sale_id"`
-	ViewerID       string    `json:"viewer_id"`
+	ID       string `json:"id"`
+	Stream   string `json:"stream"`
+	SKU      string `json:"sku"`
+	SaleID   string `json:"sale_id"`
+	ViewerID string `json:"viewer_id"`
+	// ShopperID is the shop's own id of the shopper when the shop vouched
+	// for the buyer (a shopper token); "" for an anonymous viewer.
+	ShopperID      string    `json:"shopper_id,omitempty"`
 	Qty            int64     `json:"qty"`
 	UnitPriceMinor int64     `json:"unit_price_minor"`
 	Currency       string    `json:"currency"`
@@ -78,6 +84,21 @@ type Order struct {
 	ExpiresAt      time.Time `json:"expires_at"`
 	// ConfirmedAt is the zero time until the order is confirmed.
 	ConfirmedAt time.Time `json:"confirmed_at,omitzero"`
+}
+
+// ShopperPrefix starts the viewer id of a shopper the merchant's shop
+// vouched for: "shopper:" + the shop's id of the shopper, the same on every
+// device, so that per-viewer limits count per shopper.
+const ShopperPrefix = "shopper:"
+
+// ShopperOf is the shop's shopper id in a viewer id, "" for an anonymous
+// viewer.
+func ShopperOf(viewerID string) string {
+	id, _ := strings.CutPrefix(viewerID, ShopperPrefix)
+	if id == viewerID {
+		return ""
+	}
+	return id
 }
 
 // TotalMinor is what the order costs, in minor units.

@@ -195,14 +195,15 @@ func (s *Server) chatReply(err error, key string) viewerReply {
 	return viewerReply{V: 1, Type: "error", Code: "internal", Message: "the message could not be taken; try again", Key: key}
 }
 
-// httpViewer is the viewer an HTTP call comes from: its Vitrine-Viewer
-// token, or a new viewer whose token goes back in the response header.
-func (s *Server) httpViewer(w http.ResponseWriter, r *http.Request) string {
-	viewer, fresh := s.viewerID(r.Header.Get("Vitrine-Viewer"))
-	if fresh {
-		w.Header().Set("Vitrine-Viewer", s.viewerToken(viewer))
+// httpIdentity is who an HTTP call of a stream's viewer comes from
+// (identify); a new anonymous viewer's token goes back in the response's
+// Vitrine-Viewer header.
+func (s *Server) httpIdentity(w http.ResponseWriter, r *http.Request, stream string) (identity, bool) {
+	who, ok := s.identify(w, r, stream, r.Header.Get("Vitrine-Viewer"))
+	if ok && who.fresh {
+		w.Header().Set("Vitrine-Viewer", s.viewerToken(who.viewer))
 	}
-	return viewer
+	return who, ok
 }
 
 func (s *Server) putChatName(w http.ResponseWriter, r *http.Request) {
@@ -212,8 +213,13 @@ func (s *Server) putChatName(w http.ResponseWriter, r *http.Request) {
 	if !readJSON(w, r, &req) {
 		return
 	}
-	viewer := s.httpViewer(w, r)
-	name, err := s.chatCfg.Names.Set(r.Context(), viewer, s.clientIP(r), req.Name)
+	// Names are server-wide: a shopper token here is checked with the
+	// server's keys, not a stream's.
+	who, ok := s.httpIdentity(w, r, "")
+	if !ok {
+		return
+	}
+	name, err := s.chatCfg.Names.Set(r.Context(), who.viewer, s.clientIP(r), req.Name)
 	if err != nil {
 		s.nameRefused(err)
 		s.chatError(w, "chat name", err)
@@ -258,7 +264,11 @@ func (s *Server) postChat(w http.ResponseWriter, r *http.Request) {
 			p.Role = chat.RoleHost
 		}
 	} else {
-		p.Viewer = s.httpViewer(w, r)
+		who, ok := s.httpIdentity(w, r, def.Name)
+		if !ok {
+			return
+		}
+		p.Viewer = who.viewer
 	}
 	m, err := room.Post(r.Context(), p)
 	if err != nil {
@@ -284,7 +294,11 @@ func (s *Server) postReaction(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if err := room.React(s.httpViewer(w, r), req.Value); err != nil {
+	who, ok := s.httpIdentity(w, r, def.Name)
+	if !ok {
+		return
+	}
+	if err := room.React(who.viewer, req.Value); err != nil {
 		s.chatError(w, "reaction", err)
 		return
 	}

@@ -24,6 +24,11 @@ type Limits struct {
 	OfferBurst        int
 	Sessions          int // open WHIP and WHEP sessions
 	EventStreams      int // open SSE streams
+	BuysPerSecond     float64 // buys, after a burst of BuyBurst
+	BuyBurst          int
+	// NewBuyersPer10Min: anonymous viewers new to the server (no viewer
+	// token) that may buy from one address per 10 minutes.
+	NewBuyersPer10Min int
 	Exempt            []netip.Prefix
 }
 
@@ -39,6 +44,7 @@ type limiter struct {
 
 type addrState struct {
 	requests, offers tokenBucket
+	buys, buyers     tokenBucket
 	sessions         int
 	streams          int
 	loggedAt         time.Time
@@ -47,8 +53,8 @@ type addrState struct {
 func newLimiter(cfg Limits, log *slog.Logger, reg prometheus.Registerer) *limiter {
 	l := &limiter{cfg: cfg, log: log, byAddr: map[string]*addrState{},
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "vitrine_limit_refusals_total",
-			Help: "Requests refused with 429 by the per-address limits, by limit: requests, offers, sessions, event_streams."}, []string{"limit"})}
-	for _, k := range []string{"requests", "offers", "sessions", "event_streams"} {
+			Help: "Requests refused by the per-address limits, by limit: requests, offers, sessions, event_streams, buys, new_buyers; and shopper tokens refused (shopper_token)."}, []string{"limit"})}
+	for _, k := range []string{"requests", "offers", "sessions", "event_streams", "buys", "new_buyers", "shopper_token"} {
 		l.refused.WithLabelValues(k)
 	}
 	reg.MustRegister(l.refused)
@@ -86,6 +92,8 @@ func (l *limiter) state(ip string, now time.Time) *addrState {
 	st = &addrState{
 		requests: tokenBucket{rate: l.cfg.RequestsPerSecond, burst: float64(l.cfg.RequestBurst)},
 		offers:   tokenBucket{rate: l.cfg.OffersPerMinute / 60, burst: float64(l.cfg.OfferBurst)},
+		buys:     tokenBucket{rate: l.cfg.BuysPerSecond, burst: float64(l.cfg.BuyBurst)},
+		buyers:   tokenBucket{rate: float64(l.cfg.NewBuyersPer10Min) / 600, burst: float64(l.cfg.NewBuyersPer10Min)},
 	}
 	l.byAddr[ip] = st
 	return st
@@ -94,21 +102,31 @@ func (l *limiter) state(ip string, now time.Time) *addrState {
 // take spends one request (or offer) of ip; it returns how long to wait
 // when the budget is spent.
 func (l *limiter) take(ip string, offer bool) time.Duration {
-	rate := l.cfg.RequestsPerSecond
 	if offer {
-		rate = l.cfg.OffersPerMinute / 60
+		return l.spend(ip, l.cfg.OffersPerMinute, func(st *addrState) *tokenBucket { return &st.offers })
 	}
+	return l.spend(ip, l.cfg.RequestsPerSecond, func(st *addrState) *tokenBucket { return &st.requests })
+}
+
+// takeBuy spends one of ip's buys.
+func (l *limiter) takeBuy(ip string) time.Duration {
+	return l.spend(ip, l.cfg.BuysPerSecond, func(st *addrState) *tokenBucket { return &st.buys })
+}
+
+// newBuyer spends one of ip's new anonymous buyers.
+func (l *limiter) newBuyer(ip string) time.Duration {
+	return l.spend(ip, float64(l.cfg.NewBuyersPer10Min), func(st *addrState) *tokenBucket { return &st.buyers })
+}
+
+// spend takes a token from one of ip's buckets (off when rate is 0).
+func (l *limiter) spend(ip string, rate float64, bucket func(*addrState) *tokenBucket) time.Duration {
 	if rate <= 0 || l.exempt(ip) {
 		return 0
 	}
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	st := l.state(ip, now)
-	b := &st.requests
-	if offer {
-		b = &st.offers
-	}
+	b := bucket(l.state(ip, now))
 	if b.allow(now) {
 		return 0
 	}

@@ -9,7 +9,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -271,6 +273,9 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "unknown_stream", ErrStreamUnknown.Error())
 		return
 	}
+	if _, ok := s.identify(w, r, def.Name, ""); !ok { // a private stream's overlay needs a shopper token
+		return
+	}
 	rc := http.NewResponseController(w)
 	// A slow reader gets a bounded queue; when it overflows the stream is
 	// closed and the client reconnects to a fresh snapshot, instead of the
@@ -392,10 +397,11 @@ type qualitySetter interface {
 
 // viewerSession is what a viewer's data-channel messages act on.
 type viewerSession struct {
-	show   viewerShow
-	room   *chat.Room
-	viewer string
-	ip     string // the address of its WHEP POST
+	show    viewerShow
+	room    *chat.Room
+	who     identity
+	charged *bool  // its new anonymous viewer was paid for (mayBuy)
+	ip      string // the address of its WHEP POST
 	q      qualitySetter
 	// limit paces buys, confirms and quality choices: a burst of 10 and 5
 	// per second is far above a person and keeps a script from hammering
@@ -422,19 +428,19 @@ func (s *Server) onViewerMessage(vs viewerSession, raw []byte) (reply viewerRepl
 	defer cancel()
 	switch m.Type {
 	case "react":
-		if err := vs.room.React(vs.viewer, m.Value); err != nil {
+		if err := vs.room.React(vs.who.viewer, m.Value); err != nil {
 			s.metrics.badMessages.Inc()
 			return s.chatReply(err, ""), true
 		}
 		return viewerReply{}, false
 	case "chat":
-		msg, err := vs.room.Post(ctx, chat.Post{Viewer: vs.viewer, Text: m.Text, Question: m.Question})
+		msg, err := vs.room.Post(ctx, chat.Post{Viewer: vs.who.viewer, Text: m.Text, Question: m.Question})
 		if err != nil {
 			return s.chatReply(err, m.Key), true
 		}
 		return viewerReply{V: 1, Type: "chat.result", Key: m.Key, ID: msg.ID, Status: msg.Status}, true
 	case "chat.name":
-		name, err := s.chatCfg.Names.Set(ctx, vs.viewer, vs.ip, m.Name)
+		name, err := s.chatCfg.Names.Set(ctx, vs.who.viewer, vs.ip, m.Name)
 		if err != nil {
 			s.nameRefused(err)
 			return s.chatReply(err, ""), true
@@ -450,11 +456,11 @@ func (s *Server) onViewerMessage(vs viewerSession, raw []byte) (reply viewerRepl
 
 // onCommerceMessage handles buy, confirm and quality.
 func (s *Server) onCommerceMessage(ctx context.Context, vs viewerSession, m ViewerMessage) viewerReply {
-	sh, viewer, q := vs.show, vs.viewer, vs.q
+	sh, viewer, q := vs.show, vs.who.viewer, vs.q
 	switch m.Type {
 	case "buy":
-		if vs.room.Banned(viewer) {
-			return viewerReply{V: 1, Type: "error", Code: "banned", Message: "you are banned from this stream", Key: m.Key}
+		if no := s.mayBuy(vs.who, vs.ip, vs.room, vs.charged); no != nil {
+			return viewerReply{V: 1, Type: "error", Code: no.code, Message: no.message, Key: m.Key, RetryAfterMS: no.wait.Milliseconds()}
 		}
 		res, err := sh.Buy(ctx, viewer, m.SKU, m.Qty, m.Key)
 		if err != nil {
@@ -530,9 +536,9 @@ func (s *Server) postBuy(w http.ResponseWriter, r *http.Request) {
 	if !readJSON(w, r, &m) {
 		return
 	}
-	viewer, fresh := s.viewerID(r.Header.Get("Vitrine-Viewer"))
-	if fresh {
-		w.Header().Set("Vitrine-Viewer", s.viewerToken(viewer))
+	who, ok := s.httpIdentity(w, r, def.Name)
+	if !ok {
+		return
 	}
 	sh, _, ok := s.viewerShowOr503(w, def.Name, st)
 	if !ok {
@@ -542,11 +548,15 @@ func (s *Server) postBuy(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if room.Banned(viewer) {
-		writeError(w, http.StatusForbidden, "banned", "you are banned from this stream")
+	charged := false
+	if no := s.mayBuy(who, s.clientIP(r), room, &charged); no != nil {
+		if no.wait > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(no.wait.Seconds())))))
+		}
+		writeError(w, no.status, no.code, no.message)
 		return
 	}
-	res, err := sh.Buy(r.Context(), viewer, m.SKU, m.Qty, m.Key)
+	res, err := sh.Buy(r.Context(), who.viewer, m.SKU, m.Qty, m.Key)
 	if err != nil {
 		code, msg := buyErrorCode(err)
 		switch code {
@@ -563,11 +573,6 @@ func (s *Server) postBuy(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) postConfirm(w http.ResponseWriter, r *http.Request) {
-	viewer, fresh := s.viewerID(r.Header.Get("Vitrine-Viewer"))
-	if fresh {
-		writeError(w, http.StatusUnauthorized, "unknown_viewer", "send the Vitrine-Viewer token the buy answered with")
-		return
-	}
 	o, err := s.store.Order(r.Context(), r.PathValue("order"))
 	if err == nil {
 		_, st, ok := s.streams.Get(o.Stream)
@@ -575,11 +580,19 @@ func (s *Server) postConfirm(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusNotFound, "unknown_order", "no such order")
 			return
 		}
+		who, ok := s.identify(w, r, o.Stream, r.Header.Get("Vitrine-Viewer"))
+		if !ok {
+			return
+		}
+		if who.fresh {
+			writeError(w, http.StatusUnauthorized, "unknown_viewer", "send the Vitrine-Viewer token (or the shopper token) the buy was made with")
+			return
+		}
 		sh, _, ok := s.viewerShowOr503(w, o.Stream, st)
 		if !ok {
 			return
 		}
-		o, err = sh.Confirm(r.Context(), viewer, o.ID)
+		o, err = sh.Confirm(r.Context(), who.viewer, o.ID)
 	}
 	if err != nil {
 		status, code, msg := confirmError(err)

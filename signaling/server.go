@@ -44,6 +44,8 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	// Limits bound what one client address may do.
 	Limits Limits
+	// Shoppers verifies the tokens the merchant's shop signs.
+	Shoppers Shoppers
 	// ViewerSecret signs viewer tokens (per-viewer purchase limits).
 	ViewerSecret []byte
 	// Show configures every stream's commerce overlay; its Store is the
@@ -248,7 +250,7 @@ func (s *Server) originAllowed(origin string) bool {
 func (s *Server) options(w http.ResponseWriter, r *http.Request) {
 	hdr := w.Header()
 	hdr.Set("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS")
-	hdr.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, If-Match, Idempotency-Key, Vitrine-Viewer")
+	hdr.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, If-Match, Idempotency-Key, Vitrine-Viewer, Vitrine-Shopper")
 	hdr.Set("Access-Control-Max-Age", "86400")
 	if strings.HasPrefix(r.URL.Path, "/whip/") || strings.HasPrefix(r.URL.Path, "/whep/") {
 		hdr.Set("Accept-Post", "application/sdp")

@@ -92,7 +92,10 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), answerTimeout)
 	defer cancel()
-	viewer, _ := s.viewerID(r.URL.Query().Get("viewer"))
+	who, ok := s.identify(w, r, name, r.URL.Query().Get("viewer"))
+	if !ok {
+		return
+	}
 	sh, mirrored, ok := s.viewerShowOr503(w, name, st)
 	if !ok {
 		return
@@ -105,7 +108,7 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 	var cancels []func()
 	var channel *media.Viewer
 	closed := false
-	vs := viewerSession{show: sh, room: room, viewer: viewer, ip: s.clientIP(r), limit: &tokenBucket{rate: 5, burst: 10}}
+	vs := viewerSession{show: sh, room: room, who: who, charged: new(bool), ip: s.clientIP(r), limit: &tokenBucket{rate: 5, burst: 10}}
 	hooks := media.ViewerHooks{
 		// On its data channel the player gets the overlay snapshot first
 		// (card, sale, stock), then who it is (a token to keep for next
@@ -115,7 +118,11 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 		ChannelOpen: func(v *media.Viewer) {
 			send := func(b []byte) { _ = v.Send(b) }
 			c1 := sh.Subscribe(send)
-			hello := viewerReply{V: 1, Type: "welcome", Viewer: s.viewerToken(viewer)}
+			// A shopper is the shop's token, not ours: no viewer token.
+			hello := viewerReply{V: 1, Type: "welcome"}
+			if !who.shopper {
+				hello.Viewer = s.viewerToken(who.viewer)
+			}
 			if s.cluster != nil {
 				hello.Nodes = s.cluster.Nodes()
 			}
@@ -129,7 +136,7 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 			c3 := func() {}
 			if !peer {
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				c3 = room.Subscribe(ctx, viewer, send)
+				c3 = room.Subscribe(ctx, who.viewer, send)
 				cancel()
 			}
 			mu.Lock()

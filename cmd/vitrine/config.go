@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/vitrine-live/vitrine/media"
 	"github.com/vitrine-live/vitrine/signaling"
 	"go.yaml.in/yaml/v3"
@@ -61,6 +62,15 @@ type Config struct {
 		ReservationTTL time.Duration `yaml:"reservation_ttl"`
 		WebhookURL     string        `yaml:"webhook_url"`
 		WebhookSecret  string        `yaml:"webhook_secret"`
+		// Shopper tokens the merchant's shop signs (signaling.Shoppers):
+		// HS256 with ShopperSecret (env VITRINE_SHOPPER_SECRET) or a
+		// stream's own secret, ES256 with the public key in PEM.
+		ShopperSecret        string            `yaml:"shopper_secret"`
+		StreamShopperSecrets map[string]string `yaml:"stream_shopper_secrets"`
+		ShopperPublicKeyFile string            `yaml:"shopper_public_key_file"`
+		RequireShopperToken  bool              `yaml:"require_shopper_token"`
+		// PrivateStreams can be watched only with a shopper token.
+		PrivateStreams []string `yaml:"private_streams"`
 	} `yaml:"commerce"`
 
 	// Limits per client address (signaling.Limits); 0 turns one off.
@@ -71,6 +81,9 @@ type Config struct {
 		OfferBurst        int      `yaml:"offer_burst"`
 		Sessions          int      `yaml:"sessions"`
 		EventStreams      int      `yaml:"event_streams"`
+		BuysPerSecond     float64  `yaml:"buys_per_second"`
+		BuyBurst          int      `yaml:"buy_burst"`
+		NewBuyersPerIP    int      `yaml:"new_buyers_per_ip"`
 		Exempt            []string `yaml:"exempt"`
 	} `yaml:"limits"`
 
@@ -154,6 +167,9 @@ func defaultConfig() Config {
 	c.Limits.RequestsPerSecond, c.Limits.RequestBurst = 20, 100
 	c.Limits.OffersPerMinute, c.Limits.OfferBurst = 30, 20
 	c.Limits.Sessions, c.Limits.EventStreams = 50, 20
+	c.Limits.BuysPerSecond, c.Limits.BuyBurst, c.Limits.NewBuyersPerIP = 5, 20, 20
+	c.Commerce.StreamShopperSecrets = map[string]string{}
+	c.Commerce.PrivateStreams = []string{}
 	c.Limits.Exempt = []string{"127.0.0.0/8", "::1/128"}
 	c.TLS.ACMEDomains = []string{}
 	c.TLS.ACMEHTTP = ":80"
@@ -213,6 +229,7 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	envString("VITRINE_STORE", &c.Store)
 	envString("VITRINE_WEBHOOK_URL", &c.Commerce.WebhookURL)
 	envString("VITRINE_WEBHOOK_SECRET", &c.Commerce.WebhookSecret)
+	envString("VITRINE_SHOPPER_SECRET", &c.Commerce.ShopperSecret)
 	envString("VITRINE_LOG_LEVEL", &c.Log.Level)
 	envString("VITRINE_RTMP", &c.RTMP.Address)
 	envString("VITRINE_RTSP", &c.RTSP.Address)
@@ -307,6 +324,12 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	if _, err := prefixes("limits.exempt", c.Limits.Exempt); err != nil {
 		return c, err
 	}
+	if c.Commerce.ShopperSecret != "" && len(c.Commerce.ShopperSecret) < 32 {
+		return c, fmt.Errorf("commerce.shopper_secret (VITRINE_SHOPPER_SECRET) must be at least 32 characters")
+	}
+	if c.Limits.BuysPerSecond < 0 || c.Limits.NewBuyersPerIP < 0 || (c.Limits.BuysPerSecond > 0 && c.Limits.BuyBurst < 1) {
+		return c, fmt.Errorf("limits: buys_per_second, buy_burst and new_buyers_per_ip must be 0 (off) or more")
+	}
 	if c.Limits.RequestsPerSecond < 0 || c.Limits.OffersPerMinute < 0 || c.Limits.Sessions < 0 || c.Limits.EventStreams < 0 ||
 		(c.Limits.RequestsPerSecond > 0 && c.Limits.RequestBurst < 1) || (c.Limits.OffersPerMinute > 0 && c.Limits.OfferBurst < 1) {
 		return c, fmt.Errorf("limits: rates and counts must be 0 (off) or more, and a rate needs a burst of at least 1")
@@ -356,4 +379,36 @@ func prefixes(what string, list []string) ([]netip.Prefix, error) {
 		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
 	}
 	return out, nil
+}
+
+// shoppers builds the shopper-token checks of the commerce config.
+func (c Config) shoppers() (signaling.Shoppers, error) {
+	sh := signaling.Shoppers{RequireForBuying: c.Commerce.RequireShopperToken, Private: map[string]bool{}, StreamSecrets: map[string][]byte{}}
+	if c.Commerce.ShopperSecret != "" {
+		sh.Secret = []byte(c.Commerce.ShopperSecret)
+	}
+	for stream, secret := range c.Commerce.StreamShopperSecrets {
+		if len(secret) < 32 {
+			return sh, fmt.Errorf("commerce.stream_shopper_secrets: the secret of %s must be at least 32 characters", stream)
+		}
+		sh.StreamSecrets[stream] = []byte(secret)
+	}
+	for _, stream := range c.Commerce.PrivateStreams {
+		sh.Private[stream] = true
+	}
+	if c.Commerce.ShopperPublicKeyFile != "" {
+		raw, err := os.ReadFile(c.Commerce.ShopperPublicKeyFile)
+		if err != nil {
+			return sh, fmt.Errorf("commerce.shopper_public_key_file: %w", err)
+		}
+		key, err := jwt.ParseECPublicKeyFromPEM(raw)
+		if err != nil {
+			return sh, fmt.Errorf("commerce.shopper_public_key_file %s: %w", c.Commerce.ShopperPublicKeyFile, err)
+		}
+		sh.PublicKey = key
+	}
+	if (sh.RequireForBuying || len(sh.Private) > 0) && sh.Secret == nil && len(sh.StreamSecrets) == 0 && sh.PublicKey == nil {
+		return sh, fmt.Errorf("commerce: require_shopper_token and private_streams need a shopper_secret, stream_shopper_secrets or shopper_public_key_file")
+	}
+	return sh, nil
 }

@@ -213,11 +213,20 @@ func start(cfg Config, logOut io.Writer) (*app, error) {
 	om := overlay.NewMetrics(reg)
 	proxies, _ := cfg.trustedProxies() // both checked by loadConfig
 	exempt, _ := prefixes("limits.exempt", cfg.Limits.Exempt)
+	shoppers, err := cfg.shoppers()
+	if err != nil {
+		a.store.Close()
+		a.streams.Close()
+		rtc.Close()
+		return nil, err
+	}
 	a.edge = signaling.New(signaling.Config{
 		TrustedProxies: proxies,
 		Limits: signaling.Limits{RequestsPerSecond: cfg.Limits.RequestsPerSecond, RequestBurst: cfg.Limits.RequestBurst,
 			OffersPerMinute: cfg.Limits.OffersPerMinute, OfferBurst: cfg.Limits.OfferBurst,
-			Sessions: cfg.Limits.Sessions, EventStreams: cfg.Limits.EventStreams, Exempt: exempt},
+			Sessions: cfg.Limits.Sessions, EventStreams: cfg.Limits.EventStreams, Exempt: exempt,
+			BuysPerSecond: cfg.Limits.BuysPerSecond, BuyBurst: cfg.Limits.BuyBurst, NewBuyersPer10Min: cfg.Limits.NewBuyersPerIP},
+		Shoppers:     shoppers,
 		ViewerSecret: secret,
 		Show:         overlay.ShowConfig{ReservationTTL: cfg.Commerce.ReservationTTL, Metrics: om, Log: log},
 		AdminToken:   a.cfg.AdminToken,

@@ -30,10 +30,16 @@ type shopper struct {
 
 func shop(t *testing.T, api *webrtc.API, base, stream, name string) *shopper {
 	t.Helper()
+	return shopAs(t, api, base+"/whep/"+stream, "", name)
+}
+
+// shopAs watches endpoint with a bearer token (a shopper token).
+func shopAs(t *testing.T, api *webrtc.API, endpoint, token, name string) *shopper {
+	t.Helper()
 	s := &shopper{name: name, open: make(chan struct{})}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	sess, err := client.Watch(ctx, api, base+"/whep/"+stream, true, func(pc *webrtc.PeerConnection, dc *webrtc.DataChannel) {
+	sess, err := client.WatchAs(ctx, api, endpoint, token, true, func(pc *webrtc.PeerConnection, dc *webrtc.DataChannel) {
 		s.dc = dc
 		dc.OnOpen(func() { close(s.open) })
 		dc.OnMessage(func(m webrtc.DataChannelMessage) {

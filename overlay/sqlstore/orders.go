@@ -21,6 +21,7 @@ func scanOrder(row interface{ Scan(...any) error }) (overlay.Order, error) {
 	err := row.Scan(&o.ID, &o.Stream, &o.SKU, &o.SaleID, &o.ViewerID, &o.Qty, &o.UnitPriceMinor, &o.Currency,
 		&o.Status, &o.IdempotencyKey, &created, &expires, &confirmed)
 	o.CreatedAt, o.ExpiresAt, o.ConfirmedAt = fromMicros(created), fromMicros(expires), fromMicros(confirmed)
+	o.ShopperID = overlay.ShopperOf(o.ViewerID)
 	return o, err
 }
 
@@ -143,6 +144,7 @@ func (s *Store) reserve(ctx context.Context, tx *sql.Tx, req overlay.BuyRequest,
 		SKU:            req.SKU,
 		SaleID:         sale.ID,
 		ViewerID:       req.ViewerID,
+		ShopperID:      overlay.ShopperOf(req.ViewerID),
 		Qty:            req.Qty,
 		UnitPriceMinor: sale.PriceMinor,
 		Currency:       currency,

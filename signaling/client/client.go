@@ -94,6 +94,11 @@ func Publish(ctx context.Context, api *webrtc.API, endpoint, key string, tracks 
 // channel when withChannel is set (created before the offer, as the watch
 // page does). Set pc handlers in prepare, before negotiation starts.
 func Watch(ctx context.Context, api *webrtc.API, endpoint string, withChannel bool, prepare func(*webrtc.PeerConnection, *webrtc.DataChannel)) (*Session, error) {
+	return WatchAs(ctx, api, endpoint, "", withChannel, prepare)
+}
+
+// WatchAs is Watch with a bearer token (a shopper token the shop signed).
+func WatchAs(ctx context.Context, api *webrtc.API, endpoint, token string, withChannel bool, prepare func(*webrtc.PeerConnection, *webrtc.DataChannel)) (*Session, error) {
 	pc, err := api.NewPeerConnection(webrtc.Configuration{})
 	if err != nil {
 		return nil, err
@@ -114,7 +119,7 @@ func Watch(ctx context.Context, api *webrtc.API, endpoint string, withChannel bo
 	if prepare != nil {
 		prepare(pc, dc)
 	}
-	return negotiate(ctx, pc, endpoint, "")
+	return negotiate(ctx, pc, endpoint, token)
 }
 
 // Offer negotiates a peer connection the caller set up (a simulcast
