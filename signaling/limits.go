@@ -22,8 +22,8 @@ type Limits struct {
 	RequestBurst      int
 	OffersPerMinute   float64 // WHIP and WHEP POSTs, after a burst of OfferBurst
 	OfferBurst        int
-	Sessions          int // open WHIP and WHEP sessions
-	EventStreams      int // open SSE streams
+	Sessions          int     // open WHIP and WHEP sessions
+	EventStreams      int     // open SSE streams
 	BuysPerSecond     float64 // buys, after a burst of BuyBurst
 	BuyBurst          int
 	// NewBuyersPer10Min: anonymous viewers new to the server (no viewer

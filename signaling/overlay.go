@@ -402,7 +402,7 @@ type viewerSession struct {
 	who     identity
 	charged *bool  // its new anonymous viewer was paid for (mayBuy)
 	ip      string // the address of its WHEP POST
-	q      qualitySetter
+	q       qualitySetter
 	// limit paces buys, confirms and quality choices: a burst of 10 and 5
 	// per second is far above a person and keeps a script from hammering
 	// the store through one session. Chat and reactions have the room's own
