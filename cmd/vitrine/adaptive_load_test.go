@@ -54,6 +54,7 @@ func TestAdaptiveLoad(t *testing.T) {
 		// namespace over the veth pair.
 		c.HTTP = net.JoinHostPort(host, "0")
 		c.WebRTC.ListenIP = host
+		noLimits(c)
 	})
 	rep := adaptiveRun(t, "behind the token bucket", base, a.demo.Key, host, 12, 25*time.Second,
 		"-netns", link.ns, "-netns-ip", link.nsIP.String(), "-netns-viewers", strconv.Itoa(constrainedViewers))
@@ -95,6 +96,7 @@ func TestAdaptiveRandomLoss(t *testing.T) {
 	a, base := testApp(t, func(c *Config) {
 		c.HTTP = net.JoinHostPort(host, "0")
 		c.WebRTC.ListenIP = host
+		noLimits(c)
 	})
 	rep := adaptiveRun(t, "with 5% random loss", base, a.demo.Key, host, 8, 15*time.Second,
 		"-netns", link.ns, "-netns-ip", link.nsIP.String(), "-netns-viewers", "1")

@@ -369,6 +369,7 @@ func TestSlowViewerIsolation(t *testing.T) {
 		// loopback, the slow viewer over the impaired link.
 		c.HTTP = net.JoinHostPort(host, "0")
 		c.WebRTC.ListenIP = host
+		noLimits(c)
 	})
 	run := func(what string) *loadtest.Report {
 		t.Helper()

@@ -15,6 +15,13 @@ import (
 	"github.com/vitrine-live/vitrine/signaling/client"
 )
 
+// noLimits turns the per-address limits off, for a test whose many
+// viewers all come from this machine's one address on a test link.
+func noLimits(c *Config) {
+	c.Limits.OffersPerMinute, c.Limits.Sessions, c.Limits.RequestsPerSecond = 0, 0, 0
+	c.Limits.EventStreams, c.Limits.BuysPerSecond, c.Limits.NewBuyersPerIP = 0, 0, 0
+}
+
 // offerFrom POSTs a viewer's offer as if from address xff (through the
 // trusted proxy at 127.0.0.1) and returns the status and the session URL.
 func offerFrom(t *testing.T, api *webrtc.API, base, xff string) (int, string) {
