@@ -5,6 +5,7 @@
 #   dsn=$(.ci/postgres.sh start "$dir")    # prints only the DSN on stdout
 #   VITRINE_TEST_POSTGRES=$dsn go test ./overlay/...
 #   .ci/postgres.sh stop "$dir"            # stops the server, removes DIR
+#   .ci/postgres.sh outage "$dir" 3        # down for 3 s, then up again
 #
 # start: initialises a fresh cluster in DIR/data (an old cluster left in DIR by
 # an earlier run is stopped and wiped first), listens on 127.0.0.1 only, on the
@@ -90,9 +91,25 @@ start() {
 		-o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=200" start >&2 ||
 		{ cat "$dir/postgres.log" >&2; exit 1; }
 	head -n 1 "$dir/data/postmaster.pid" >"$dir/postgres.pid"
+	echo "$port" >"$dir/port"
 	as_pg "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres vitrine_test
 	log "running (pid $(cat "$dir/postgres.pid")); stop with: $0 stop $dir"
 	echo "postgres://postgres@127.0.0.1:$port/vitrine_test?sslmode=disable"
+}
+
+# outage stops the server of DIR for SECONDS, then starts it again on its
+# port with its data: a database restart in the middle of a test.
+outage() {
+	local dir=${1:?usage: postgres.sh outage DIR SECONDS} secs=${2:-2} bin port
+	bin=$(pg_bin)
+	port=$(cat "$dir/port")
+	stop_cluster "$dir"
+	sleep "$secs"
+	cd "$dir"
+	as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
+		-o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c max_connections=200" start >&2 ||
+		{ cat "$dir/postgres.log" >&2; exit 1; }
+	head -n 1 "$dir/data/postmaster.pid" >"$dir/postgres.pid"
 }
 
 stop() {
@@ -104,8 +121,9 @@ stop() {
 case "${1:-start}" in
 start) start "${2:-}" ;;
 stop) stop "${2:-}" ;;
+outage) outage "${2:-}" "${3:-2}" ;;
 *)
-	echo "usage: $0 [start [DIR]] | stop DIR" >&2
+	echo "usage: $0 [start [DIR]] | stop DIR | outage DIR SECONDS" >&2
 	exit 2
 	;;
 esac

@@ -78,8 +78,8 @@ func FuzzViewerMessage(f *testing.F) {
 		if reply.Type == "error" && (reply.Code == "" || reply.Message == "") {
 			t.Fatalf("%q: error without code or message: %+v", raw, reply)
 		}
-		if reply.Code == "internal" {
-			t.Fatalf("%q: internal error", raw)
+		if reply.Code == "internal" || reply.Code == "store_unavailable" {
+			t.Fatalf("%q: the store failed: %+v", raw, reply)
 		}
 	})
 }

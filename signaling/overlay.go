@@ -465,20 +465,24 @@ func (s *Server) onCommerceMessage(ctx context.Context, vs viewerSession, m View
 		res, err := sh.Buy(ctx, viewer, m.SKU, m.Qty, m.Key)
 		if err != nil {
 			code, msg := buyErrorCode(err)
-			if code == "internal" {
-				s.log.Error("buy", "err", err)
+			r := viewerReply{V: 1, Type: "error", Code: code, Message: msg, Key: m.Key}
+			if code == "store_unavailable" {
+				s.storeFailed("buy", err)
+				r.RetryAfterMS = storeRetry.Milliseconds()
 			}
-			return viewerReply{V: 1, Type: "error", Code: code, Message: msg, Key: m.Key}
+			return r
 		}
 		return viewerReply{V: 1, Type: "buy.result", Key: m.Key, Result: &res}
 	case "confirm":
 		o, err := sh.Confirm(ctx, viewer, m.OrderID)
 		if err != nil {
 			_, code, msg := confirmError(err)
-			if code == "internal" {
-				s.log.Error("confirm", "err", err)
+			r := viewerReply{V: 1, Type: "error", Code: code, Message: msg}
+			if code == "store_unavailable" {
+				s.storeFailed("confirm", err)
+				r.RetryAfterMS = storeRetry.Milliseconds()
 			}
-			return viewerReply{V: 1, Type: "error", Code: code, Message: msg}
+			return r
 		}
 		return viewerReply{V: 1, Type: "confirm.result", Order: &o}
 	case "quality":
@@ -508,7 +512,34 @@ func buyErrorCode(err error) (string, string) {
 	case errors.Is(err, overlay.ErrKeyReused):
 		return "key_reused", err.Error()
 	}
-	return "internal", "the buy could not be processed; try again"
+	return "store_unavailable", "the store did not answer; try again with the same key"
+}
+
+// storeRetry is how soon a client should try a buy or a confirm again when
+// the store failed: the pool reconnects by itself once the database is back.
+const storeRetry = time.Second
+
+// storeFailed logs a failed buy or confirm, at most once a second with the
+// count since, so that a database outage under a flash sale writes a few
+// lines, not thousands.
+func (s *Server) storeFailed(what string, err error) {
+	n := s.storeErrors.Add(1)
+	now := time.Now().UnixNano()
+	last := s.storeErrLogged.Load()
+	if now-last < int64(time.Second) || !s.storeErrLogged.CompareAndSwap(last, now) {
+		return
+	}
+	s.log.Error("store unavailable: buys and confirms answer 503", "op", what, "failures_since_last_line", n, "err", err)
+	s.storeErrors.Add(-n)
+}
+
+// writeStoreUnavailable answers 503 with Retry-After: a buy or confirm
+// retried with the same idempotency key gets the first result, so
+// retrying is always safe.
+func (s *Server) writeStoreUnavailable(w http.ResponseWriter, what string, err error) {
+	s.storeFailed(what, err)
+	w.Header().Set("Retry-After", strconv.Itoa(int(storeRetry.Seconds())))
+	writeError(w, http.StatusServiceUnavailable, "store_unavailable", "the store did not answer; try again in a second")
 }
 
 func confirmError(err error) (int, string, string) {
@@ -522,7 +553,7 @@ func confirmError(err error) (int, string, string) {
 	case errors.Is(err, overlay.ErrOrderClosed):
 		return http.StatusConflict, "order_closed", "the order was cancelled"
 	}
-	return http.StatusInternalServerError, "internal", "the confirmation could not be processed; try again"
+	return http.StatusServiceUnavailable, "store_unavailable", "the store did not answer; try again"
 }
 
 // postBuy is the HTTP twin of the data channel's buy, for pages that prefer it.
@@ -560,8 +591,8 @@ func (s *Server) postBuy(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		code, msg := buyErrorCode(err)
 		switch code {
-		case "internal":
-			s.internalError(w, "buy", err)
+		case "store_unavailable":
+			s.writeStoreUnavailable(w, "buy", err)
 		case "key_reused":
 			writeError(w, http.StatusConflict, code, msg)
 		default:
@@ -596,8 +627,9 @@ func (s *Server) postConfirm(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		status, code, msg := confirmError(err)
-		if status == http.StatusInternalServerError {
-			s.log.Error("confirm", "err", err)
+		if status == http.StatusServiceUnavailable {
+			s.writeStoreUnavailable(w, "confirm", err)
+			return
 		}
 		writeError(w, status, code, msg)
 		return

@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -66,6 +67,9 @@ type Server struct {
 	log      *slog.Logger
 	metrics  *edgeMetrics
 	limits   *limiter
+
+	storeErrors    atomic.Int64 // failed buys and confirms since the last log line
+	storeErrLogged atomic.Int64 // when that line was written (Unix ns)
 
 	showCfg overlay.ShowConfig
 
