@@ -1,13 +1,17 @@
 // The creator studio: sign in with the stream key, go live over WHIP from
 // the camera or the screen, and run the show: cards, flash sales, the
-// run-of-show, with live figures.
+// run-of-show, with live figures, and the chat. A moderator (signed in
+// with a moderator key) gets the chat panels only.
 import { iceGathered, price } from '/sdk/vitrine-player.js';
+import { onEvent as chatEvent, startChat } from '/static/studio-chat.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 let stream = params.get('stream') || sessionStorage.getItem('vitrine-stream') || 'demo';
 let key = sessionStorage.getItem('vitrine-key') || '';
+let role = sessionStorage.getItem('vitrine-role') || 'host';
 $('stream').value = stream;
+if (params.get('role') === 'moderator') $('key-label').textContent = 'Moderator key';
 
 let pc = null;
 let media = null;
@@ -39,26 +43,37 @@ async function api(path, opts = {}) {
   return body;
 }
 
-// Sign in: the key is checked against the stream's orders endpoint.
+// Sign in: the key is checked against the stream's chat, which the stream
+// key, the admin token and a moderator key may all read; its answer says
+// which one it is.
 $('signin').addEventListener('submit', async (e) => {
   e.preventDefault();
   stream = $('stream').value.trim();
   key = $('key').value.trim();
   try {
-    await api(`/api/v1/streams/${encodeURIComponent(stream)}/orders`);
+    role = (await api(`/api/v1/streams/${encodeURIComponent(stream)}/chat`)).role || 'host';
   } catch (err) {
     $('signin-error').textContent = err.message;
     return;
   }
   sessionStorage.setItem('vitrine-stream', stream);
   sessionStorage.setItem('vitrine-key', key);
+  sessionStorage.setItem('vitrine-role', role);
   openDesk();
 });
 
 function openDesk() {
   $('signin').hidden = true;
   $('desk').hidden = false;
-  $('who').textContent = `· ${stream}`;
+  $('who').textContent = role === 'moderator' ? `· ${stream} · moderator` : `· ${stream}`;
+  document.body.dataset.role = role;
+  startChat({ stream, api, role });
+  if (role === 'moderator') {
+    // A moderator key cannot go live, show cards or read orders.
+    for (const panel of $('desk').children) panel.hidden = !panel.hasAttribute('data-chat');
+    followOverlay();
+    return;
+  }
   $('viewerpreview').setAttribute('stream', stream);
   $('h-whip').textContent = `${location.origin}/whip/${stream}`;
   $('h-rtmp').textContent = `rtmp://${location.hostname}:1935/live`;
@@ -280,6 +295,7 @@ function followOverlay() {
   const es = new EventSource(`/api/v1/streams/${encodeURIComponent(stream)}/events`);
   es.onmessage = (e) => {
     const m = JSON.parse(e.data);
+    chatEvent(m);
     if (m.type === 'snapshot') overlay = { card: m.card || null, sale: m.sale ? { ...m.sale, endsAt: Date.now() + m.sale.ms_left } : null };
     if (m.type === 'card.show') overlay.card = m.card;
     if (m.type === 'card.hide') overlay.card = null;

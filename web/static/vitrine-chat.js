@@ -113,7 +113,10 @@ export class VitrineChat extends HTMLElement {
     this.name = '';
     this.mine = new Set(); // ids of this viewer's messages
     this.waiting = null; // what the next refusal answers: 'name' or 'chat'
-    this.blockedUntil = 0; // muted or slow mode: no sending before (ms, Date.now)
+    // Slow mode: no sending before this (ms, Date.now). A mute only shows
+    // in words: the server does not say when a moderator lifts it early,
+    // so the page lets the viewer try and the server answers.
+    this.blockedUntil = 0;
     this.banned = false;
     this.pickForm.addEventListener('submit', (e) => { e.preventDefault(); this.pickName(); });
     this.sayForm.addEventListener('submit', (e) => { e.preventDefault(); this.say(); });
@@ -127,6 +130,10 @@ export class VitrineChat extends HTMLElement {
     // Events bubble from the player (composed): listening on the document
     // works whichever of the two elements the page creates first.
     for (const type of ['vitrine-message', 'vitrine-card', 'vitrine-card-hide']) document.addEventListener(type, this.onEvent);
+    // The name this browser chose last, until the server's snapshot says
+    // which name this viewer has (none: the picker).
+    const saved = localStorage.getItem('vitrine-chat-name');
+    if (saved && !this.name) { this.name = saved; this.meBtn.textContent = saved; }
     this.showPicker(false);
     this.timer = setInterval(() => this.tick(), 1000);
   }
@@ -159,6 +166,7 @@ export class VitrineChat extends HTMLElement {
       }
       case 'chat.settings':
         this.slow = m.slow_s || 0;
+        if (!this.slow) { this.blockedUntil = 0; this.count(); }
         this.tell(this.slow ? `Slow mode is on: one message every ${this.slow} s.` : '');
         break;
       case 'chat.name.result': this.named(m.name); break;
@@ -180,11 +188,11 @@ export class VitrineChat extends HTMLElement {
     this.slow = m.slow_s || 0;
     const you = m.you || {};
     this.banned = !!you.banned;
-    this.blockedUntil = you.muted_until_ms > Date.now() ? you.muted_until_ms : 0;
+    const muted = you.muted_until_ms > Date.now() ? (you.muted_until_ms - Date.now()) / 1000 : 0;
     if (you.name) this.named(you.name, true);
     else { this.name = ''; this.showPicker(false); }
-    if (this.banned) this.tell(explain('banned'));
-    else if (this.blockedUntil) this.tell(explain('muted', (this.blockedUntil - Date.now()) / 1000));
+    if (this.banned) this.tell(explain('banned'), 'banned');
+    else if (muted) this.tell(explain('muted', muted), 'muted');
     else this.tell(this.slow ? `Slow mode is on: one message every ${this.slow} s.` : '');
     this.scrollDown(true);
   }
@@ -252,15 +260,18 @@ export class VitrineChat extends HTMLElement {
   atBottom() { return this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 40; }
   scrollDown(stick) { if (stick) this.list.scrollTop = this.list.scrollHeight; }
 
-  showPicker(change) {
-    const named = !!this.name && !change;
-    this.pickForm.hidden = named;
-    this.sayForm.hidden = !named;
-    if (!named) {
+  // showPicker shows the name picker instead of the message box: always
+  // without a name, else when the viewer asks to change it (open). What
+  // the viewer typed stays while the picker is open.
+  showPicker(open) {
+    const picking = !this.name || open;
+    if (picking && this.pickForm.hidden) {
       this.nameInput.value = this.name || localStorage.getItem('vitrine-chat-name') || '';
       this.pickForm.querySelector('button').textContent = this.name ? 'Change name' : 'Join chat';
-      if (change) this.nameInput.focus();
     }
+    this.pickForm.hidden = !picking;
+    this.sayForm.hidden = picking;
+    if (open) this.nameInput.focus();
   }
 
   named(name, quiet = false) {
@@ -320,12 +331,14 @@ export class VitrineChat extends HTMLElement {
     const about = this.waiting;
     this.waiting = null;
     if (code === 'banned') this.banned = true;
-    if ((code === 'muted' || code === 'slow_mode') && seconds > 0) this.blockedUntil = Date.now() + seconds * 1000;
+    if (code === 'slow_mode' && seconds > 0) this.blockedUntil = Date.now() + seconds * 1000;
     if (code === 'name_required') { this.name = ''; this.showPicker(false); }
     // A refused message goes back in the box, to send once allowed.
     if (about === 'chat' && this.sent && !this.textInput.value && code !== 'banned') this.textInput.value = this.sent.text;
     this.tell(explain(code, seconds, message), code);
-    if (about === 'name' || nameCodes.has(code)) this.pickForm.hidden = false;
+    // A refused first name keeps the picker open; a refused change (too
+    // soon) goes back to chatting under the name the viewer has.
+    if (about === 'name' || nameCodes.has(code)) this.showPicker(!this.name || code !== 'name_locked');
     this.count();
   }
 
@@ -356,13 +369,13 @@ export class VitrineChat extends HTMLElement {
     this.player.request('POST', `${this.streamPath}/reactions`, { value }).catch(() => {});
   }
 
-  // tick counts a mute or a slow mode down, and lets sending again.
+  // tick counts a slow-mode wait down, and lets sending again.
   tick() {
     if (!this.blockedUntil) return;
     const left = (this.blockedUntil - Date.now()) / 1000;
     if (left <= 0) {
       this.blockedUntil = 0;
-      if (/^(Slow mode: wait|You are muted)/.test(this.notice.textContent)) this.tell(this.slow ? `Slow mode is on: one message every ${this.slow} s.` : '');
+      if (this.notice.dataset.code === 'slow_mode') this.tell(this.slow ? `Slow mode is on: one message every ${this.slow} s.` : '');
       this.count();
     } else if (this.notice.dataset.code === 'slow_mode') {
       this.tell(explain('slow_mode', left), 'slow_mode');
