@@ -209,6 +209,15 @@ test('chat: names, moderation, questions, reactions, phone layout', async (t) =>
     assert.equal((await sees(ada, 'Hi Ada, Bob here')).name, 'Bob');
     await studioSees(studio, 'Hi Ada, Bob here');
 
+    // Without an open data channel the page posts over HTTP, as the same
+    // viewer (its token from the welcome).
+    await ada.evaluate(() => { const p = document.querySelector('vitrine-player'); p.sendSaved = p.send; p.send = () => false; });
+    const posted = ada.waitForResponse((r) => r.url().endsWith('/api/v1/streams/demo/chat') && r.request().method() === 'POST');
+    await say(ada, 'Ada over HTTP');
+    assert.equal((await posted).status(), 201);
+    assert.equal((await sees(bob, 'Ada over HTTP')).name, 'Ada');
+    await ada.evaluate(() => { const p = document.querySelector('vitrine-player'); p.send = p.sendSaved; });
+
     // The first name is free; a change right after is refused in words,
     // and the viewer chats on under the name it has.
     await ada.click('vitrine-chat button.me');
@@ -457,6 +466,38 @@ test('chat: names, moderation, questions, reactions, phone layout', async (t) =>
     }
     const g = await geometry(bob);
     assert.ok(g.pinned && g.pinned.y < g.viewport.h * 0.25, `pinned at the top: ${JSON.stringify(g.pinned)}`);
+  });
+
+  await t.test('(h) a moderator key signs in to the chat panels only, and moderates', async () => {
+    await studio.click('#modkey');
+    await studio.waitForSelector('#modkey-out:not([hidden])', { timeout: 10000 });
+    const link = await studio.textContent('#modlink');
+    assert.equal(link, `${server.base}/studio?stream=demo&role=moderator`);
+    const modKey = await studio.textContent('#modkey-value');
+    const context = await browser.newContext({ viewport: { width: 390, height: 844 } });
+    const mod = await context.newPage();
+    ownRequestsOnly(mod);
+    mod.on('pageerror', (err) => { throw new Error(`moderator: ${err.message}`); });
+    await mod.goto(link);
+    assert.equal(await mod.textContent('#key-label'), 'Moderator key');
+    await mod.fill('#key', modKey);
+    await mod.click('#signin button[type=submit]');
+    await mod.waitForSelector('#desk:not([hidden])', { timeout: 10000 });
+    assert.match(await mod.textContent('#who'), /moderator/);
+    for (const sel of ['section.chat', 'section.moderation']) assert.equal(await mod.isVisible(sel), true, `${sel} shown`);
+    for (const sel of ['section.live', 'section.health', '#products', '#ros']) assert.equal(await mod.isVisible(sel), false, `${sel} hidden from a moderator`);
+    assert.equal(await mod.isVisible('#modkey-box'), false, 'a moderator cannot make moderator keys');
+    await say(bob, 'a moderator removes this');
+    const id = await studioSees(mod, 'a moderator removes this');
+    await studioAct(mod, id, 'delete');
+    await waitFor('Ada: gone', async () => !(await listed(ada)).some((m) => m.text === 'a moderator removes this'), 10000);
+    // A moderator posts as moderator.
+    await mod.fill('#chat-text', 'Moderator here: be kind');
+    await mod.click('#chat-post button[type=submit]');
+    const m = await sees(ada, 'Moderator here: be kind');
+    assert.match(m.label, /moderator/i);
+    await mod.screenshot({ path: path.join(artifacts, 'studio-moderator-phone.png'), fullPage: true });
+    await context.close();
   });
 
   await t.test('(f) reactions: taps are counted at most every 250 ms, and float on the other page', async () => {

@@ -20,6 +20,7 @@ let polled = null; // the last GET .../chat
 export function startChat({ stream, api, role }) {
   ctx = { stream, api, role, base: `/api/v1/streams/${encodeURIComponent(stream)}/chat` };
   $('modkey-box').hidden = role === 'moderator';
+  if (role === 'moderator') $('chat-text').placeholder = 'Write to viewers as moderator';
   fetch('/api/v1/products').then((r) => r.json()).then((b) => {
     for (const p of b.products || []) titles[p.sku] = p.title;
     if (polled) renderQuestions(polled.questions);
