@@ -167,11 +167,13 @@ export class VitrineChat extends HTMLElement {
       case 'chat.settings':
         this.slow = m.slow_s || 0;
         if (!this.slow) { this.blockedUntil = 0; this.count(); }
-        this.tell(this.slow ? `Slow mode is on: one message every ${this.slow} s.` : '');
+        if (!this.banned) this.tell(this.slow ? `Slow mode is on: one message every ${this.slow} s.` : '');
         break;
       case 'chat.name.result': this.named(m.name); break;
       case 'chat.result': this.onResult(m); break;
       case 'error':
+        // An error with another key answers something else (a buy).
+        if (m.key && !(this.waiting === 'chat' && this.sent && m.key === this.sent.key)) break;
         if (this.waiting) this.refused(m.code, (m.retry_after_ms || 0) / 1000, m.message);
         break;
     }
@@ -181,10 +183,12 @@ export class VitrineChat extends HTMLElement {
   // removed meanwhile are not in it). This viewer's own messages still
   // waiting for approval stay.
   onSnapshot(m) {
-    for (const li of [...this.list.children]) if (!li.classList.contains('waiting')) li.remove();
-    const waiting = [...this.list.children];
+    const waiting = [...this.list.querySelectorAll('li.waiting')];
+    this.list.textContent = '';
     for (const msg of m.messages || []) this.add(msg);
-    this.list.append(...waiting);
+    // Those approved meanwhile are in the snapshot already.
+    for (const li of waiting) if (!this.list.querySelector(`li[data-id="${CSS.escape(li.dataset.id)}"]`)) this.list.append(li);
+    this.markFirst();
     this.slow = m.slow_s || 0;
     const you = m.you || {};
     this.banned = !!you.banned;
