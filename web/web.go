@@ -23,12 +23,14 @@ func Mount(mux *http.ServeMux) {
 	mux.HandleFunc("GET /studio", serve("static/studio.html"))
 	mux.HandleFunc("GET /watch/{stream}", serve("static/watch.html"))
 	mux.HandleFunc("GET /examples/shop", serve("examples/shop.html"))
-	// The player is loaded by shops on other origins as a module script,
-	// which browsers fetch with CORS.
-	mux.HandleFunc("GET /sdk/vitrine-player.js", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Access-Control-Allow-Origin", "*")
-		http.ServeFileFS(w, r, files, "static/vitrine-player.js")
-	})
+	// The player, its chat and its products drawer are loaded by shops on
+	// other origins as module scripts, which browsers fetch with CORS.
+	for _, sdk := range []string{"vitrine-player.js", "vitrine-chat.js", "vitrine-products.js"} {
+		mux.HandleFunc("GET /sdk/"+sdk, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Access-Control-Allow-Origin", "*")
+			http.ServeFileFS(w, r, files, "static/"+sdk)
+		})
+	}
 	static, _ := fs.Sub(files, "static")
 	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
 }

@@ -230,6 +230,9 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	envString("VITRINE_WEBHOOK_URL", &c.Commerce.WebhookURL)
 	envString("VITRINE_WEBHOOK_SECRET", &c.Commerce.WebhookSecret)
 	envString("VITRINE_SHOPPER_SECRET", &c.Commerce.ShopperSecret)
+	if v := getenv("VITRINE_PRIVATE_STREAMS"); v != "" {
+		c.Commerce.PrivateStreams = strings.Split(v, ",")
+	}
 	envString("VITRINE_LOG_LEVEL", &c.Log.Level)
 	envString("VITRINE_RTMP", &c.RTMP.Address)
 	envString("VITRINE_RTSP", &c.RTSP.Address)

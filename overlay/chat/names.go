@@ -93,7 +93,7 @@ func (n *Names) Set(ctx context.Context, viewer, ip, name string) (string, error
 			r.RetryAfter = wait
 			return "", r
 		}
-	} else if wait := n.newIdentity(ip, now); wait > 0 {
+	} else if wait := n.newIdentity(ip, now, false); wait > 0 {
 		r := refuse("rate_limited", "too many new chat names from your address; try again later")
 		r.RetryAfter = wait
 		return "", r
@@ -104,13 +104,18 @@ func (n *Names) Set(ctx context.Context, viewer, ip, name string) (string, error
 		}
 		return "", err
 	}
+	if cur.name == "" {
+		// Only a name given counts against the address: a viewer who tries
+		// names already taken has created nothing yet.
+		n.newIdentity(ip, now, true)
+	}
 	n.remember(viewer, cachedName{name: clean, changed: now, read: now})
 	return clean, nil
 }
 
-// newIdentity takes one new identity from ip's budget; it returns how long
-// to wait when there is none left.
-func (n *Names) newIdentity(ip string, now time.Time) time.Duration {
+// newIdentity says how long to wait for a new identity from ip's budget
+// (0: one is there), and with spend takes it.
+func (n *Names) newIdentity(ip string, now time.Time, spend bool) time.Duration {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	b, ok := n.ips[ip]
@@ -125,7 +130,15 @@ func (n *Names) newIdentity(ip string, now time.Time) time.Duration {
 		b = &bucket{rate: n.perIP / 600, burst: n.perIP}
 		n.ips[ip] = b
 	}
-	return b.take(now)
+	if !spend {
+		b.refill(now)
+		if b.tokens >= 1 {
+			return 0
+		}
+		return time.Duration((1 - b.tokens) / b.rate * float64(time.Second))
+	}
+	b.take(now)
+	return 0
 }
 
 // bucket is a token bucket: burst at once, rate per second after that.

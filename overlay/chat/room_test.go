@@ -134,6 +134,18 @@ func TestNames(t *testing.T) {
 	if got, _ := names.Get(ctx, "v0"); got != "same address 0" {
 		t.Errorf("name after a refused change: %q", got)
 	}
+	// Names already taken cost the address nothing: 5 tries, then the
+	// budget of 3 is whole.
+	for range 5 {
+		if _, err := names.Set(ctx, "v21", "198.51.100.7", "same address 0"); err == nil || err.(*chat.Refusal).Code != "name_taken" {
+			t.Fatalf("a taken name: %v", err)
+		}
+	}
+	for i, v := range []string{"v21", "v22", "v23"} {
+		if _, err := names.Set(ctx, v, "198.51.100.7", fmt.Sprintf("fresh %d", i)); err != nil {
+			t.Errorf("new name %d after refused tries: %v", i, err)
+		}
+	}
 }
 
 func TestCleanText(t *testing.T) {

@@ -8,6 +8,9 @@
 // gives the player the whole screen, as the watch page does on a phone; a
 // portrait video then covers it, a landscape one sits at the top, and the
 // card is a compact bar at --vitrine-card-bottom).
+// shopper-token: a token the shop signed for its signed-in shopper (JWT,
+// docs/protocol.md "Shoppers the shop vouches for"): buys then count per
+// shopper on every device, and a private stream plays only with one.
 // The player sets orientation (portrait or landscape) from the video's size,
 // for the page's CSS.
 // In a cluster the player follows the nodes: a node's 307 and its
@@ -110,6 +113,7 @@ const labels = {
   waiting: 'The stream starts soon. Stay here: it will play by itself.',
   reconnecting: 'Reconnecting…',
   ended: 'The stream has ended. Thanks for watching!',
+  private: 'This stream is for the shop\'s signed-in shoppers: open it from the shop.',
 };
 
 // price formats minor units (cents) in the currency's own way.
@@ -212,6 +216,7 @@ export class VitrinePlayer extends HTMLElement {
 
   get server() { return (this.getAttribute('server') || location.origin).replace(/\/$/, ''); }
   get stream() { return this.getAttribute('stream') || 'demo'; }
+  get shopperToken() { return this.getAttribute('shopper-token') || ''; }
   get quality() { return this.qualityEl.value; }
   set quality(value) { this.setAttribute('quality', value); }
   get qualityKey() { return `vitrine-quality:${location.pathname}`; }
@@ -249,6 +254,7 @@ export class VitrinePlayer extends HTMLElement {
     if (body !== undefined) headers['Content-Type'] = 'application/json';
     const token = localStorage.getItem('vitrine-viewer');
     if (token) headers['Vitrine-Viewer'] = token;
+    if (this.shopperToken) headers['Vitrine-Shopper'] = this.shopperToken;
     const res = await fetch(`${this.server}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
     const fresh = res.headers.get('Vitrine-Viewer');
     if (fresh) localStorage.setItem('vitrine-viewer', fresh);
@@ -322,14 +328,22 @@ export class VitrinePlayer extends HTMLElement {
       await pc.setLocalDescription(await pc.createOffer());
       await iceGathered(pc);
       if (pc !== this.pc) return; // replaced meanwhile
+      // Who is watching: the shop's shopper token, else our viewer token.
+      // In the query, not a header, so it survives a node's 307 to
+      // another origin (fetch drops Authorization there).
       const token = localStorage.getItem('vitrine-viewer') || '';
-      const url = `${node}/whep/${encodeURIComponent(this.stream)}${token ? `?viewer=${encodeURIComponent(token)}` : ''}`;
+      const who = this.shopperToken ? `?shopper=${encodeURIComponent(this.shopperToken)}`
+        : (token ? `?viewer=${encodeURIComponent(token)}` : '');
+      const url = `${node}/whep/${encodeURIComponent(this.stream)}${who}`;
       // A full or draining node answers 307 to another; fetch follows it
       // with the same offer, and res.url is the node that took it.
       const res = await fetch(url, { method: 'POST', headers: { 'Content-Type': 'application/sdp' },
         body: pc.localDescription.sdp, signal: abortAfter(10000) }).catch(() => null);
       if (pc !== this.pc) return;
       if (!res) { this.unreachable(node); return; }
+      // A private stream without a (valid) shopper token: retrying cannot
+      // help until the page gives the player a token.
+      if (res.status === 401) { this.showStatus('private'); return; }
       if (res.status !== 201) throw new Error(`WHEP ${res.status}: ${await res.text()}`);
       this.location = new URL(res.headers.get('Location'), res.url).href;
       this.node = baseOf(res.url);
