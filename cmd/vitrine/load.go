@@ -24,7 +24,9 @@ import (
 // publishes three layers as OBS does, -twcc has viewers send the feedback
 // the server's bandwidth estimate needs, and -netns puts some viewers behind
 // a network namespace the caller made (a constrained link, say), reported
-// as their own group.
+// as their own group. -chatters, -chat-every and -reactions add chat and
+// reactions on the viewers' data channels, and report what every viewer got
+// of them.
 func load(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("vitrine load", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -52,10 +54,13 @@ func load(args []string, stdout, stderr io.Writer) error {
 	netnsName := fs.String("netns", "", "network namespace (ip netns add NAME) that -netns-viewers of the lite viewers open their socket in, reported as the group \"constrained\" (needs root)")
 	netnsIP := fs.String("netns-ip", "", "the IPv4 address those viewers bind to in -netns")
 	netnsViewers := fs.Int("netns-viewers", 0, "how many of -viewers are in -netns (spread over the joins)")
+	chatters := fs.Int("chatters", 0, "how many of -viewers chat (spread over the joins): each sets the chat name load-<run>-<n> when its chat snapshot arrives, then posts one message every -chat-every during the measured window; the report says which messages every viewer got and their latency. All viewers share this machine's address and the server lets an address create only chat.new_names_per_ip new names per 10 minutes (default 10): start it with a YAML config (-config) that has chat: {new_names_per_ip: N} with N above -chatters times the runs made within 10 minutes (there is no env var or flag for it)")
+	chatEvery := fs.Duration("chat-every", 5*time.Second, "each chatter's interval between messages (the server takes 3 at once then 1 per second per viewer; more are refused, and counted)")
+	reactions := fs.Float64("reactions", 0, "reaction taps per second in total during the measured window, round-robin over the viewers with a chat snapshot; the server drops a viewer's taps past 10 per second, so at most 10 x -viewers. The report has the reactions messages each viewer got per second and the taps they counted")
 	asJSON := fs.Bool("json", false, "write the report as JSON")
 	cpuProfile := fs.String("cpuprofile", "", "write the load tool's own CPU profile to this file")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: vitrine load [flags]\n\nPublishes a clip over WHIP (with -key) and joins WHEP viewers, then reports delivery, loss, join times\n(to the first packet, the first keyframe, the first complete keyframe a decoder could show), how far\nbehind live joiners are 2 s in, latency, keyframe requests answered and CPU per packet; with -simulcast\nthe layer each viewer ends on, its switches, and per group (-netns: \"constrained\") when it reached the lowest.")
+		fmt.Fprintln(stderr, "usage: vitrine load [flags]\n\nPublishes a clip over WHIP (with -key) and joins WHEP viewers, then reports delivery, loss, join times\n(to the first packet, the first keyframe, the first complete keyframe a decoder could show), how far\nbehind live joiners are 2 s in, latency, keyframe requests answered and CPU per packet; with -simulcast\nthe layer each viewer ends on, its switches, and per group (-netns: \"constrained\") when it reached the lowest;\nwith -chatters and -reactions, chat messages and reaction taps, what every viewer got of them, and chat latency.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -76,6 +81,7 @@ func load(args []string, stdout, stderr io.Writer) error {
 		Duration: *duration, Interval: *interval, MetricsURL: *metrics, MetricsToken: *metricsToken,
 		Loopback: *loopback, LocalIP: *localIP, NACK: *nack, Pace: *pace,
 		Simulcast: *simulcast, TWCC: *twcc, Netns: *netnsName, NetnsIP: *netnsIP, NetnsViewers: *netnsViewers,
+		Chatters: *chatters, ChatEvery: *chatEvery, Reactions: *reactions,
 		Progress: func(p loadtest.Progress) { printProgress(stderr, p) },
 	}
 	if *simulcast && (*key == "" || *clipFile != "") {
@@ -149,6 +155,9 @@ func printProgress(w io.Writer, p loadtest.Progress) {
 	fmt.Fprintf(w, "  loss %.2f%%", 100*p.Loss)
 	if p.Sent > 0 {
 		fmt.Fprintf(w, "  sent %d", p.Sent)
+	}
+	if p.ChatSent > 0 || p.Taps > 0 {
+		fmt.Fprintf(w, "  chat %d  taps %d", p.ChatSent, p.Taps)
 	}
 	fmt.Fprintln(w)
 }

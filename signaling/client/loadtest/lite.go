@@ -299,6 +299,10 @@ func (v *viewer) joinLite(ctx context.Context, endpoint string) error {
 	if err != nil {
 		return fmt.Errorf("data channel: %w", err)
 	}
+	v.setChannel(func(b []byte) error {
+		_, err := s.dc.WriteDataChannel(b, true)
+		return err
+	})
 	v.channel.Store(true)
 	if v.startReader() {
 		go func() {
@@ -722,11 +726,10 @@ func (s *liteSession) readChannel() {
 	for {
 		n, _, err := s.dc.ReadDataChannel(buf)
 		if err != nil {
+			s.v.channelEnded(s.v.run.now())
 			return
 		}
-		at := s.v.run.now()
-		s.v.overlay.Add(1)
-		s.v.run.cueLag(buf[:n], at)
+		s.v.channelMessage(buf[:n], s.v.run.now())
 	}
 }
 

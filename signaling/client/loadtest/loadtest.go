@@ -101,6 +101,17 @@ type Config struct {
 	Netns        string
 	NetnsIP      string
 	NetnsViewers int
+	// Chatters of the viewers (spread over the joins) chat: each sets a
+	// name when its chat snapshot arrives, then posts a message every
+	// ChatEvery during the measured window. All come from this machine's
+	// address, and the server lets an address create chat.new_names_per_ip
+	// names per 10 minutes (default 10): raise it for a load run.
+	Chatters  int
+	ChatEvery time.Duration
+	// Reactions is taps per second in total during the measured window,
+	// round-robin over the viewers with a chat snapshot (at most
+	// MaxReactionsPerViewer each: the server drops the rest).
+	Reactions float64
 }
 
 // PLIAnswer is how the tool's publisher answers keyframe requests.
@@ -172,6 +183,8 @@ type Progress struct {
 	Rate      float64 // packets/s received by all viewers over the last interval
 	Loss      float64 // 1 - delivered/expected so far (publishing only)
 	Sent      uint64  // packets the publisher sent so far
+	ChatSent  int     // chat messages posted so far
+	Taps      uint64  // reaction taps tried so far
 }
 
 const (
@@ -253,6 +266,8 @@ type run struct {
 	cueSent []int64 // ns since start, by cue number
 	lagMu   sync.Mutex
 	lags    []float64
+
+	chat *chatRun // nil: no chat, no reactions
 }
 
 func (r *run) now() int64 { return int64(time.Since(r.start)) }
@@ -301,6 +316,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if r.localIP, err = netip.ParseAddr(cfg.LocalIP); err != nil || !r.localIP.Is4() {
 			return nil, fmt.Errorf("load: local IP %q is not an IPv4 address", cfg.LocalIP)
 		}
+	}
+	switch {
+	case cfg.Chatters < 0 || cfg.Chatters > cfg.Viewers:
+		return nil, fmt.Errorf("load: %d chatters of %d viewers", cfg.Chatters, cfg.Viewers)
+	case cfg.Chatters > 0 && cfg.ChatEvery <= 0:
+		return nil, errors.New("load: chatters need an interval between messages")
+	case cfg.Reactions < 0 || cfg.Reactions > float64(MaxReactionsPerViewer*cfg.Viewers):
+		return nil, fmt.Errorf("load: %g reactions/s over %d viewers: the server drops a viewer's taps past %d/s", cfg.Reactions, cfg.Viewers, MaxReactionsPerViewer)
+	}
+	if cfg.Chatters > 0 || cfg.Reactions > 0 {
+		r.chat = newChatRun()
 	}
 	if cfg.NACK && cfg.PionViewers {
 		return nil, errors.New("load: NACK is for lite viewers")
@@ -405,6 +431,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	phase.Store("measuring")
 	before, scrapeErr := scrape(ctx, cfg.MetricsURL, cfg.MetricsToken)
 	cpuBefore, recvBefore, windowStart := processCPU(), r.received(), time.Now()
+	chatCtx, stopChat := context.WithCancel(ctx)
+	defer stopChat()
+	var chatDone sync.WaitGroup
+	if r.chat != nil {
+		r.startChat(chatCtx, &chatDone)
+	}
 	select {
 	case <-ctx.Done():
 	case <-time.After(cfg.Duration):
@@ -417,6 +449,15 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	// Stop sending, let what is in flight arrive, then hang up.
 	phase.Store("draining")
+	if r.chat != nil {
+		stopChat()
+		chatDone.Wait()
+		r.stopChat()
+		select {
+		case <-ctx.Done():
+		case <-time.After(chatDrain):
+		}
+	}
 	stopPub()
 	pubDone.Wait()
 	time.Sleep(500 * time.Millisecond)
@@ -430,6 +471,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 
 	rep := r.report()
+	if r.chat != nil {
+		r.reportChat(rep)
+	}
 	rep.Window = window.Seconds()
 	rep.ToolCPU = cpuOf(cpuAfter-cpuBefore, recvAfter-recvBefore)
 	if scrapeErr != nil {
@@ -791,8 +835,11 @@ func (r *run) join(ctx context.Context) {
 		}
 		next = next.Add(every)
 		v := &viewer{id: i, run: r}
-		if n := r.cfg.NetnsViewers; r.netns != nil && (i+1)*n/r.cfg.Viewers > i*n/r.cfg.Viewers {
-			v.group = groupConstrained // spread over the joins: with 12 and 3, viewers 3, 7 and 11
+		if n := r.cfg.NetnsViewers; r.netns != nil && spread(i, n, r.cfg.Viewers) {
+			v.group = groupConstrained
+		}
+		if spread(i, r.cfg.Chatters, r.cfg.Viewers) {
+			v.chat.chatter, v.chat.named = true, make(chan struct{})
 		}
 		r.viewersMu.Lock()
 		r.viewers = append(r.viewers, v)
@@ -800,6 +847,12 @@ func (r *run) join(ctx context.Context) {
 		wg.Go(func() { v.join(ctx, endpoint) })
 	}
 	wg.Wait()
+}
+
+// spread says whether join i is one of n of the total, spread over the
+// joins: with 12 and 3, joins 3, 7 and 11.
+func spread(i, n, total int) bool {
+	return (i+1)*n/total > i*n/total
 }
 
 func (r *run) received() uint64 {
@@ -847,6 +900,9 @@ func (r *run) reportProgress(ctx context.Context, phase *atomic.Value) {
 		}
 		if r.log != nil {
 			p.Sent = r.log.sent[kindVideo].Load() + r.log.sent[kindAudio].Load()
+		}
+		if r.chat != nil {
+			p.ChatSent, p.Taps = r.chat.sent(), r.chat.reactTried.Load()
 		}
 		if expected > 0 {
 			p.Loss = max(0, 1-float64(recv)/float64(expected))

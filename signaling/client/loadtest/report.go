@@ -1,6 +1,7 @@
 package loadtest
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"math"
@@ -60,6 +61,10 @@ type Report struct {
 	KeyframesOnRequest       uint64    `json:"keyframes_on_request"`       // keyframes made for them (requests between two frames share one)
 
 	Overlay Overlay `json:"overlay"`
+	// Chat and Reactions are there when the run chatted (Config.Chatters)
+	// or tapped (Config.Reactions).
+	Chat      *Chat      `json:"chat,omitempty"`
+	Reactions *Reactions `json:"reactions,omitempty"`
 
 	// Layers are the video layers the publisher sent, top first: one, or
 	// the simulcast layers (Config.Simulcast); Lowest is the one with the
@@ -139,6 +144,60 @@ type Overlay struct {
 	Error      string `json:"error,omitempty"`
 }
 
+// Chat is what the chatters posted during the measured window and what
+// the viewers got of it (see chat.go for which messages a viewer is
+// expected to get).
+type Chat struct {
+	Chatters int     `json:"chatters"`
+	Every    float64 `json:"every_s"` // each chatter's interval
+	Named    int     `json:"named"`   // chatters whose name the server took
+	// Unnamed chatters never posted; NamesRefused says why, by error code
+	// (rate_limited: the server's chat.new_names_per_ip), or not_asked (no
+	// chat snapshot came) or unanswered.
+	Unnamed      int            `json:"unnamed"`
+	NamesRefused map[string]int `json:"names_refused,omitempty"`
+	Sent         int            `json:"messages_sent"`
+	Seconds      float64        `json:"sending_s"`
+	Visible      int            `json:"accepted_visible"` // chat.result visible
+	Held         int            `json:"accepted_held"`    // chat.result held: not sent to viewers
+	// Refused counts chat.result errors by code, and "unsent" for writes
+	// that failed; Unconfirmed had no answer by the end.
+	Refused     map[string]int `json:"refused,omitempty"`
+	Unconfirmed int            `json:"unconfirmed"`
+	// Viewers got a chat snapshot; NoSnapshot joined but got none (not
+	// counted below); Disconnected saw their channel end before the tool
+	// closed it.
+	Viewers      int `json:"viewers_subscribed"`
+	NoSnapshot   int `json:"viewers_without_snapshot"`
+	Disconnected int `json:"viewers_disconnected"`
+	// Expected deliveries sum, over the subscribed viewers, the visible
+	// messages written after each one's snapshot came; Received of them
+	// came, Missing did not.
+	Expected       uint64 `json:"deliveries_expected"`
+	Received       uint64 `json:"deliveries_received"`
+	Missing        uint64 `json:"deliveries_missing"`
+	ViewersMissing int    `json:"viewers_missing_some"`
+	Duplicates     uint64 `json:"duplicates"` // a message a viewer got twice (snapshot or batch)
+	// Latency is the text's send time to its arrival at a viewer, for
+	// every message of this run that came in a chat batch.
+	Latency Spread `json:"latency_ms"`
+}
+
+// Reactions is what the tool tapped and what came back.
+type Reactions struct {
+	Rate    float64 `json:"rate_requested"` // taps per second in total
+	Sent    uint64  `json:"sent"`
+	Failed  uint64  `json:"failed"` // writes that failed
+	Seconds float64 `json:"sending_s"`
+	// PerViewerPerSecond is reactions messages each viewer got per second
+	// of sending (the server sends at most 4); Taps what they counted.
+	PerViewerPerSecond Spread `json:"messages_per_viewer_per_s"`
+	Taps               Spread `json:"taps_counted_per_viewer"`
+	// ViewersShort counted fewer taps than were sent after their snapshot
+	// came (the server drops a viewer's taps past 10 per second).
+	ViewersShort int `json:"viewers_short"`
+}
+
 // CPU is CPU time spent over the measured window per packet: delivered
 // packets for the server (vitrine_egress_packets_total), received packets
 // for the tool.
@@ -181,6 +240,19 @@ type ViewerReport struct {
 	// Feedback is the transport-wide feedback reports a lite viewer sent
 	// (Config.TWCC).
 	Feedback uint64 `json:"twcc_feedback,omitempty"`
+	// Chat (Config.Chatters): whether its chat snapshot came, the messages
+	// it was expected to get and of those did not, the ones it got twice,
+	// whether its channel ended before the tool closed it.
+	ChatSubscribed   bool   `json:"chat_subscribed,omitempty"`
+	ChatExpected     uint64 `json:"chat_expected,omitempty"`
+	ChatMissing      uint64 `json:"chat_missing,omitempty"`
+	ChatDuplicates   uint64 `json:"chat_duplicates,omitempty"`
+	ChatDisconnected bool   `json:"chat_disconnected,omitempty"`
+	// Reactions (Config.Reactions): reactions messages, the taps they
+	// counted, and the taps sent after its snapshot came.
+	Reactions            uint64 `json:"reactions_messages,omitempty"`
+	ReactionTaps         uint64 `json:"reaction_taps,omitempty"`
+	ReactionTapsExpected uint64 `json:"reaction_taps_expected,omitempty"`
 }
 
 // Delivery is received/expected over both kinds: 0 when nothing arrived.
@@ -321,6 +393,43 @@ func (r *Report) WriteTable(w io.Writer) error {
 	default:
 		row("overlay", "%d messages (no cues posted: needs -key)", r.Overlay.Messages)
 	}
+	if c := r.Chat; c != nil {
+		names := fmt.Sprintf("%d of %d chatters named", c.Named, c.Chatters)
+		if c.Unnamed > 0 {
+			names += fmt.Sprintf(", %d not", c.Unnamed)
+			if len(c.NamesRefused) > 0 {
+				names += " (" + refusals(c.NamesRefused) + ")"
+			}
+			if c.NamesRefused["rate_limited"] > 0 {
+				names += ": start the server with chat: new_names_per_ip above -chatters times the runs in 10 minutes"
+			}
+		}
+		row("chat names", "%s", names)
+		refused := ""
+		if len(c.Refused) > 0 {
+			refused = " (" + refusals(c.Refused) + ")"
+		}
+		rate := 0.0
+		if c.Seconds > 0 {
+			rate = float64(c.Sent) / c.Seconds
+		}
+		row("chat sent", "%d messages (%.1f/s over %.1f s): %d visible, %d held, %d refused%s, %d unanswered",
+			c.Sent, rate, c.Seconds, c.Visible, c.Held, sumCounts(c.Refused), refused, c.Unconfirmed)
+		row("chat delivery", "%d of %d expected deliveries to %d subscribed viewers, %d missing (%d viewers), %d duplicates; %d viewers without a chat snapshot, %d disconnected",
+			c.Received, c.Expected, c.Viewers, c.Missing, c.ViewersMissing, c.Duplicates, c.NoSnapshot, c.Disconnected)
+		row("chat latency", "p50 %.1f ms  p95 %.1f ms  p99 %.1f ms  max %.1f ms (%d deliveries, send to arrival)",
+			c.Latency.P50, c.Latency.P95, c.Latency.P99, c.Latency.Max, c.Latency.N)
+	}
+	if re := r.Reactions; re != nil {
+		rate := 0.0
+		if re.Seconds > 0 {
+			rate = float64(re.Sent) / re.Seconds
+		}
+		row("reactions", "%d taps sent (%.0f/s over %.1f s, %d failed); %d viewers counted fewer than were sent after their snapshot",
+			re.Sent, rate, re.Seconds, re.Failed, re.ViewersShort)
+		row("reactions per viewer", "p50 %.2f  max %.2f reactions messages/s; taps counted p50 %.0f  max %.0f (%d viewers)",
+			re.PerViewerPerSecond.P50, re.PerViewerPerSecond.Max, re.Taps.P50, re.Taps.Max, re.Taps.N)
+	}
 	if len(r.Layers) > 1 {
 		var ls []string
 		for _, l := range r.Layers {
@@ -363,6 +472,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if bad := r.worstViewers(5); len(bad) > 0 {
 		fmt.Fprintf(w, "\nworst viewers: %s\n", strings.Join(bad, ", "))
 	}
+	if bad := r.chatMissing(5); len(bad) > 0 {
+		fmt.Fprintf(w, "viewers missing chat: %s\n", strings.Join(bad, ", "))
+	}
 	return nil
 }
 
@@ -388,4 +500,26 @@ func cmpFloat(a, b float64) int {
 		return 1
 	}
 	return 0
+}
+
+// chatMissing names up to n viewers that missed chat messages, most first.
+func (r *Report) chatMissing(n int) []string {
+	vs := slices.Clone(r.Viewers)
+	slices.SortStableFunc(vs, func(a, b ViewerReport) int { return cmp.Compare(b.ChatMissing, a.ChatMissing) })
+	var out []string
+	for _, v := range vs {
+		if len(out) == n || v.ChatMissing == 0 {
+			break
+		}
+		out = append(out, fmt.Sprintf("#%d %d of %d", v.ID, v.ChatMissing, v.ChatExpected))
+	}
+	return out
+}
+
+func sumCounts(m map[string]int) int {
+	n := 0
+	for _, c := range m {
+		n += c
+	}
+	return n
 }

@@ -47,6 +47,7 @@ type viewer struct {
 	firstPacket atomic.Int64 // ns since run start, 0: none yet
 	firstKey    atomic.Int64 // the first keyframe packet; kinds[kindVideo].pic has the first decodable one
 	kinds       [2]kindStats
+	chat        viewerChat
 
 	mu      sync.Mutex
 	closed  bool
@@ -190,12 +191,14 @@ func (v *viewer) join(ctx context.Context, endpoint string) {
 		pc.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
 			v.connected.Store(s == webrtc.PeerConnectionStateConnected)
 		})
+		// The chat's sends are given now, not on open: pion runs OnOpen on a
+		// goroutine of its own, and the first messages (the chat snapshot
+		// among them) may be read before it runs. SendText refuses until
+		// the channel is open.
+		v.setChannel(func(b []byte) error { return dc.SendText(string(b)) })
 		dc.OnOpen(func() { v.channel.Store(true) })
-		dc.OnMessage(func(m webrtc.DataChannelMessage) {
-			at := v.run.now()
-			v.overlay.Add(1)
-			v.run.cueLag(m.Data, at)
-		})
+		dc.OnMessage(func(m webrtc.DataChannelMessage) { v.channelMessage(m.Data, v.run.now()) })
+		dc.OnClose(func() { v.channelEnded(v.run.now()) })
 	})
 	if err != nil {
 		v.fail(err)
