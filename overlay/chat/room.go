@@ -291,7 +291,12 @@ func (r *Room) Subscribe(ctx context.Context, viewer string, send func([]byte)) 
 			me.MutedUntil = s.MutedUntil
 		}
 	}
-	snap := snapshotMessage{V: 1, Type: "chat.snapshot", Messages: public(r.recent), SlowSec: r.state.Settings.SlowSec, You: me}
+	// Messages still waiting in the batch come with it, not in the
+	// snapshot as well: the new subscriber is subscribed before it goes.
+	recent := slices.DeleteFunc(slices.Clone(r.recent), func(m Message) bool {
+		return slices.ContainsFunc(r.batch, func(b Message) bool { return b.ID == m.ID })
+	})
+	snap := snapshotMessage{V: 1, Type: "chat.snapshot", Messages: public(recent), SlowSec: r.state.Settings.SlowSec, You: me}
 	if r.pinned != nil {
 		p := publicOne(*r.pinned)
 		snap.Pinned = &p

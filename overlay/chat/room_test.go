@@ -87,6 +87,10 @@ func TestBatching(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A subscriber who comes while a batch waits gets each message once:
+	// in its snapshot or in the batch, not both.
+	late := &wire{}
+	room.Subscribe(ctx, "", late.send)
 	deadline := time.Now().Add(2 * time.Second)
 	for {
 		msgs, items := w.count("chat")
@@ -95,6 +99,19 @@ func TestBatching(t *testing.T) {
 				t.Errorf("41 messages in %d chat messages: a burst should go out in one or two batches", msgs)
 			}
 			t.Logf("41 messages went out in %d chat messages", msgs)
+			late.mu.Lock()
+			seen := map[string]int{}
+			for _, m := range late.msgs {
+				for _, c := range m["messages"].([]any) {
+					seen[c.(map[string]any)["text"].(string)]++
+				}
+			}
+			late.mu.Unlock()
+			for i := range 40 {
+				if n := seen[fmt.Sprintf("burst %d", i)]; n != 1 {
+					t.Errorf("the late subscriber got burst %d %d times", i, n)
+				}
+			}
 			break
 		}
 		if time.Now().After(deadline) {
