@@ -37,6 +37,16 @@ if [[ -n "$unformatted" ]]; then
 fi
 go vet ./...
 go test -race -count=1 -timeout 15m ./...
+# Each fuzz target a few seconds on top of its seed corpus (run above); a
+# longer run: go test -run '^$' -fuzz NAME -fuzztime 10m ./PACKAGE
+for target in signaling:FuzzViewerMessage signaling:FuzzTokens overlay/chat:FuzzCleanText media:FuzzKeyframeStart media/bwe:FuzzFeedback; do
+	fuzzlog=$(mktemp)
+	if ! go test -run '^$' -fuzz "^${target#*:}\$" -fuzztime 5s "./${target%%:*}/" >"$fuzzlog" 2>&1; then
+		cat "$fuzzlog" >&2
+		exit 1
+	fi
+	rm -f "$fuzzlog"
+done
 
 # The pages, in Debian's Chromium driven by playwright-core, against the
 # binary as users run it.
