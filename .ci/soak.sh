@@ -38,7 +38,7 @@ rtsp:
 log:
   level: warn
 YAML
-VITRINE_ADMIN_TOKEN=$admin VITRINE_DEMO_KEY=$key "$out/vitrine" -config "$out/vitrine.yaml" 2>"$out/server.log" &
+VITRINE_ADMIN_TOKEN=$admin VITRINE_DEMO_KEY=$key "$out/vitrine" -config "$out/vitrine.yaml" >"$out/server.out" 2>"$out/server.log" &
 server=$!
 pids=()
 cleanup() {
