@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
+command -v openssl >/dev/null || need+=(openssl)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v promtool >/dev/null || need+=(prometheus)
 [[ -x /usr/bin/chromium ]] || need+=(chromium)

@@ -23,30 +23,35 @@ function freePort() {
 // env adds to the server's environment (configuration by VITRINE_* variables).
 // host is the address the server listens on, HTTP and WebRTC (loopback by
 // default; a test's own network namespace link for constrained viewers).
+// tls {cert, key, name} serves HTTPS with that certificate, and base is
+// https://name:port (the browser maps name to host: --host-resolver-rules).
 // It returns {base, rtmp, proc, stop(signal = 'SIGTERM')}.
-export async function startServer(env = {}, { host = '127.0.0.1' } = {}) {
-  return spawnVitrine(() => env, host);
+export async function startServer(env = {}, { host = '127.0.0.1', tls } = {}) {
+  return spawnVitrine(() => env, host, tls);
 }
 
 // spawnVitrine starts one binary; env(base) is its environment, made once
 // its address is known (a cluster node advertises its own base URL).
-async function spawnVitrine(env, host) {
+async function spawnVitrine(env, host, tls) {
   const bin = process.env.VITRINE_BIN;
   if (!bin) throw new Error('VITRINE_BIN must name a built vitrine binary (.ci/test.sh builds it)');
   const dir = mkdtempSync(path.join(os.tmpdir(), 'vitrine-e2e-'));
   const port = await freePort();
   const rtmpPort = await freePort();
-  const base = `http://${host}:${port}`;
+  const base = tls ? `https://${tls.name}:${port}` : `http://${host}:${port}`;
+  // The test process checks readiness itself, on the address, with the
+  // test certificate not checked (its name is the browser's).
+  const ready = tls ? `https://${host}:${port}/readyz` : `${base}/readyz`;
   const cfg = path.join(dir, 'vitrine.yaml');
   // ICE on loopback only: tests send nothing off this machine.
-  writeFileSync(cfg, `http: "${host}:${port}"\ndata: "${dir}/data"\nwebrtc:\n  listen_ip: "${host}"\n  udp_port: 0\n  include_loopback: ${host === '127.0.0.1'}\nrtmp:\n  address: "127.0.0.1:${rtmpPort}"\nrtsp:\n  address: ""\nlog:\n  level: warn\n`);
+  writeFileSync(cfg, `http: "${host}:${port}"\ndata: "${dir}/data"\nwebrtc:\n  listen_ip: "${host}"\n  udp_port: 0\n  include_loopback: ${host === '127.0.0.1'}\nrtmp:\n  address: "127.0.0.1:${rtmpPort}"\nrtsp:\n  address: ""\nlog:\n  level: warn\n${tls ? `tls:\n  cert_file: "${tls.cert}"\n  key_file: "${tls.key}"\n` : ''}`);
   const proc = spawn(bin, ['-config', cfg], {
     env: { ...process.env, VITRINE_ADMIN_TOKEN: ADMIN, VITRINE_DEMO_KEY: KEY, ...env(base) },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   const deadline = Date.now() + 20000;
   for (;;) {
-    try { if ((await fetch(`${base}/readyz`)).ok) break; } catch { /* not up yet */ }
+    try { if ((await fetch(ready)).ok) break; } catch { /* not up yet */ }
     if (Date.now() > deadline || proc.exitCode !== null) { proc.kill('SIGKILL'); throw new Error('vitrine did not start'); }
     await new Promise((r) => setTimeout(r, 100));
   }
