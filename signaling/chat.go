@@ -40,7 +40,7 @@ func (s *Server) room(ctx context.Context, name string, st *media.Stream) (*chat
 	if s.cluster != nil {
 		cfg.Peers = s.cluster
 	}
-	r, err := chat.NewRoom(ctx, name, streamClock{st}, func() string { return s.onScreen(name, st) }, cfg)
+	r, err := chat.NewRoom(ctx, name, streamClock{st}, func() string { return s.onScreen(name) }, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -48,10 +48,11 @@ func (s *Server) room(ctx context.Context, name string, st *media.Stream) (*chat
 	return r, nil
 }
 
-// onScreen is the product whose card viewers of the stream see now.
-func (s *Server) onScreen(name string, st *media.Stream) string {
+// onScreen is the product whose card viewers of the stream see now: the
+// relayed show's on a node relaying the stream, else the show's here.
+func (s *Server) onScreen(name string) string {
 	if s.cluster != nil {
-		if m := s.cluster.Mirror(name, st); m != nil {
+		if m := s.cluster.Mirrored(name); m != nil {
 			return m.OnScreen()
 		}
 	}

@@ -28,6 +28,9 @@ type Cluster interface {
 	// Mirror is the show of a stream another node originates, relayed
 	// here; nil when the show runs here.
 	Mirror(stream string, st *media.Stream) *overlay.Mirror
+	// Mirrored is the mirror of a stream relayed here now, nil if none;
+	// it never starts a relay.
+	Mirrored(stream string) *overlay.Mirror
 	// PeerToken checks another node's bearer token (its pulls).
 	PeerToken(tok string) bool
 	// Share carries a chat room's events to the other nodes.

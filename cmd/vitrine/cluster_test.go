@@ -166,6 +166,16 @@ func TestCluster(t *testing.T) {
 	if code, out, _ := bea.do(t, "POST", "/api/v1/streams/demo/buy", map[string]any{"sku": "bag-1", "qty": 1, "key": "banned-on-b-1"}); code != 403 {
 		t.Errorf("banned viewer buys on B: %d %v", code, out)
 	}
+	// A question asked on C is about the card A's show has on screen.
+	if code, out, _ := cam.do(t, "PUT", "/api/v1/chat/name", map[string]string{"name": "Cam"}); code != 200 {
+		t.Fatalf("name on C: %d %v", code, out)
+	}
+	if code, out, _ := cam.do(t, "POST", "/api/v1/streams/demo/chat", map[string]any{"text": "Is it leather?", "question": true}); code != 201 {
+		t.Fatalf("question on C: %d %v", code, out)
+	}
+	if m := vA.sawChat(t, "Is it leather?"); m["sku"] != "bag-1" {
+		t.Errorf("a question asked on C: %v, want it tied to bag-1", m)
+	}
 	reactionsBefore := vA.reactionCount()
 	for range 5 {
 		for _, h := range []*httpChatter{{base: b.base}, cam} {

@@ -74,6 +74,17 @@ func (c *Cluster) Mirror(stream string, st *media.Stream) *overlay.Mirror {
 	return r.mirror
 }
 
+// Mirrored is the mirror of a stream this node relays now, nil if none.
+// Unlike Mirror it never starts a relay: a lookup must not pull a stream.
+func (c *Cluster) Mirrored(stream string) *overlay.Mirror {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if r := c.relays[stream]; r != nil {
+		return r.mirror
+	}
+	return nil
+}
+
 // relayLocked returns the stream's relay, starting one from origin if
 // there is none; c.mu must be held.
 func (c *Cluster) relayLocked(stream, origin string, st *media.Stream) (*Relay, bool) {
