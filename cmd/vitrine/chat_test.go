@@ -249,9 +249,8 @@ func TestChat(t *testing.T) {
 		defer bob.mu.Unlock()
 		batches, hearts, fires = 0, 0, 0
 		for _, m := range bob.msgs[skip:] {
-			if m["type"] == "reactions" {
+			if c := reactionCounts(m); c != nil {
 				batches++
-				c := m["counts"].(map[string]any)
 				h, _ := c["heart"].(float64)
 				f, _ := c["fire"].(float64)
 				hearts, fires = hearts+int(h), fires+int(f)

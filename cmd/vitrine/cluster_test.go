@@ -553,16 +553,28 @@ func (v *nodeViewer) sawChat(t *testing.T, text string) map[string]any {
 	return found
 }
 
-// reactionCount sums the hearts counted in the reactions messages so far.
+// reactionCounts is the reaction counts a message carries: a `reactions`
+// message's, or those riding in a `chat` batch; nil for none.
+func reactionCounts(m map[string]any) map[string]any {
+	switch m["type"] {
+	case "reactions":
+		c, _ := m["counts"].(map[string]any)
+		return c
+	case "chat":
+		c, _ := m["reactions"].(map[string]any)
+		return c
+	}
+	return nil
+}
+
+// reactionCount sums the hearts counted so far.
 func (v *nodeViewer) reactionCount() int {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	n := 0
 	for _, m := range v.msgs {
-		if m["type"] == "reactions" {
-			h, _ := m["counts"].(map[string]any)["heart"].(float64)
-			n += int(h)
-		}
+		h, _ := reactionCounts(m)["heart"].(float64)
+		n += int(h)
 	}
 	return n
 }

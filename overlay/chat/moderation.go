@@ -102,6 +102,10 @@ func (r *Room) onMessage(ctx context.Context, req ActionRequest, a Action) error
 		if m.Status == StatusVisible {
 			r.publish(m, a.At)
 			r.share(Event{Messages: []Message{publicOne(m)}})
+		} else {
+			// Only its author's page knows the id: it can stop "waiting".
+			r.broadcast(idMessage{V: 1, Type: "chat.rejected", ID: m.ID}, "chat.rejected")
+			r.share(Event{Rejected: m.ID})
 		}
 	case "answer":
 		if m.Status != StatusVisible || !m.Question {

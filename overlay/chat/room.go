@@ -31,11 +31,14 @@ type Config struct {
 	Now     func() time.Time
 	// History is how many messages a late joiner gets.
 	History int
-	// BatchEvery: messages that come within it of the last batch go out
-	// together, so a busy chat costs each viewer a few sends per second, not
-	// one per message. A quiet chat's message goes out at once.
+	// BatchEvery: messages that come within it of the room's last send go
+	// out together, so a busy chat costs each viewer a few sends per
+	// second, not one per message. A quiet chat's message goes out at once.
 	BatchEvery time.Duration
-	// ReactEvery: reaction counts go out at most this often.
+	// ReactEvery: reaction counts go out at most this often, in the chat
+	// batch that goes then (sent early for them) or alone. It is a multiple
+	// of BatchEvery so that under load the two coincide: a busy room costs
+	// each viewer ReactEvery/BatchEvery sends per ReactEvery, not one more.
 	ReactEvery time.Duration
 	// SaveEvery: messages are written to the store in batches this often,
 	// so that chat never queues one transaction per message in front of
@@ -58,6 +61,7 @@ type Event struct {
 	Messages  []Message      `json:"messages,omitempty"` // new visible messages
 	Deleted   []string       `json:"deleted,omitempty"`
 	Answered  string         `json:"answered,omitempty"`
+	Rejected  string         `json:"rejected,omitempty"` // a held message
 	Pin       *Message       `json:"pin,omitempty"`
 	Unpin     bool           `json:"unpin,omitempty"`
 	Reload    bool           `json:"reload,omitempty"` // settings or sanctions changed: read them again
@@ -75,7 +79,7 @@ func (cfg Config) withDefaults() Config {
 		cfg.History = 50
 	}
 	if cfg.BatchEvery <= 0 {
-		cfg.BatchEvery = 100 * time.Millisecond
+		cfg.BatchEvery = 125 * time.Millisecond
 	}
 	if cfg.ReactEvery <= 0 {
 		cfg.ReactEvery = 250 * time.Millisecond
@@ -120,13 +124,15 @@ type Room struct {
 	pinned     *Message
 	subs       map[int]func([]byte)
 	nextSub    int
-	batch      []Message // visible messages not sent yet
-	batchArmed bool
-	lastBatch  time.Time
+	batch      []Message      // visible messages not sent yet
+	reactions  map[string]int // taps here since the last counts, shared with the other nodes
+	remote     map[string]int // taps on other nodes since the last counts
+	lastSend   time.Time      // of a chat batch or counts
+	lastCounts time.Time
+	timer      *time.Timer // for the next send
+	armedFor   time.Time   // when timer fires; zero when it is not armed
 	unsaved    []Message
 	viewers    map[string]*poster
-	reactions  map[string]int // taps here, shared with the other nodes
-	remote     map[string]int // taps on other nodes since the last count
 	closed     bool
 	stop       chan struct{}
 	stopOnce   sync.Once
@@ -147,6 +153,8 @@ func NewRoom(ctx context.Context, stream string, clock Clock, onScreen func() st
 	cfg = cfg.withDefaults()
 	r := &Room{stream: stream, clock: clock, onScreen: onScreen, cfg: cfg, subs: map[int]func([]byte){},
 		viewers: map[string]*poster{}, reactions: map[string]int{}, remote: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
+	r.timer = time.AfterFunc(time.Hour, r.onTimer)
+	r.timer.Stop()
 	st, err := cfg.Store.ChatRoom(ctx, stream)
 	if err != nil {
 		return nil, err
@@ -188,6 +196,7 @@ func (r *Room) Close() {
 	r.stopOnce.Do(func() {
 		close(r.stop)
 		<-r.done
+		r.timer.Stop()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		r.save(ctx)
@@ -197,12 +206,9 @@ func (r *Room) Close() {
 	})
 }
 
-// loop sends reaction counts, writes messages to the store and forgets
-// viewers who went quiet.
+// loop writes messages to the store and forgets viewers who went quiet.
 func (r *Room) loop() {
 	defer close(r.done)
-	react := time.NewTicker(r.cfg.ReactEvery)
-	defer react.Stop()
 	save := time.NewTicker(r.cfg.SaveEvery)
 	defer save.Stop()
 	tidy := time.NewTicker(time.Minute)
@@ -211,8 +217,6 @@ func (r *Room) loop() {
 		select {
 		case <-r.stop:
 			return
-		case <-react.C:
-			r.sendReactions()
 		case <-save.C:
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			r.save(ctx)
@@ -441,42 +445,101 @@ func (r *Room) publish(m Message, now time.Time) {
 		r.recent = slices.Clone(r.recent[len(r.recent)-r.cfg.History:])
 	}
 	r.batch = append(r.batch, m)
-	if r.batchArmed {
-		return
-	}
-	wait := r.lastBatch.Add(r.cfg.BatchEvery).Sub(now)
-	if wait <= 0 {
-		r.flushBatch(now)
-		return
-	}
-	r.batchArmed = true
-	time.AfterFunc(wait, func() {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		r.flushBatch(r.cfg.Now())
-	})
+	r.schedule(now)
 }
 
-// flushBatch sends the queued messages in one `chat`; r.mu held.
-func (r *Room) flushBatch(now time.Time) {
-	r.batchArmed = false
-	if len(r.batch) == 0 {
+// Sending. What waits (chat messages, reaction counts) goes out in one
+// message when the first of them is due: messages BatchEvery after the
+// room's last send, counts ReactEvery after the last counts. Counts that
+// are due take the waiting messages with them; messages that are due go
+// alone when the counts are not.
+
+// nextSend is when something waiting is due; false when nothing waits.
+// r.mu held.
+func (r *Room) nextSend() (time.Time, bool) {
+	var due time.Time
+	waiting := false
+	if len(r.batch) > 0 {
+		due, waiting = r.lastSend.Add(r.cfg.BatchEvery), true
+	}
+	if len(r.reactions) > 0 || len(r.remote) > 0 {
+		if c := r.lastCounts.Add(r.cfg.ReactEvery); !waiting || c.Before(due) {
+			due, waiting = c, true
+		}
+	}
+	return due, waiting
+}
+
+// schedule sends what is due and arms the timer for what waits; r.mu held.
+func (r *Room) schedule(now time.Time) {
+	due, waiting := r.nextSend()
+	if waiting && !due.After(now) {
+		r.flush(now)
+		due, waiting = r.nextSend()
+	}
+	if !waiting || r.closed || (!r.armedFor.IsZero() && !r.armedFor.After(due)) {
 		return
 	}
-	b, _ := json.Marshal(struct {
-		V        int       `json:"v"`
-		Type     string    `json:"type"`
-		Messages []Message `json:"messages"`
-	}{1, "chat", public(r.batch)})
-	r.batch = nil
-	r.lastBatch = now
-	r.send("chat", b)
+	r.armedFor = due
+	r.timer.Reset(due.Sub(now))
+}
+
+func (r *Room) onTimer() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.armedFor = time.Time{}
+	r.schedule(r.cfg.Now())
+}
+
+// flush sends the waiting messages, with the counts if they are due, in
+// one `chat`, or the counts alone in `reactions`; r.mu held.
+func (r *Room) flush(now time.Time) {
+	var counts map[string]int
+	if (len(r.reactions) > 0 || len(r.remote) > 0) && !now.Before(r.lastCounts.Add(r.cfg.ReactEvery)) {
+		counts = r.takeCounts()
+		r.lastCounts = now
+	}
+	switch {
+	case len(r.batch) > 0:
+		b, _ := json.Marshal(struct {
+			V         int            `json:"v"`
+			Type      string         `json:"type"`
+			Messages  []Message      `json:"messages"`
+			Reactions map[string]int `json:"reactions,omitempty"`
+		}{1, "chat", public(r.batch), counts})
+		r.batch = nil
+		r.send("chat", b)
+	case counts != nil:
+		b, _ := json.Marshal(struct {
+			V      int            `json:"v"`
+			Type   string         `json:"type"`
+			Counts map[string]int `json:"counts"`
+		}{1, "reactions", counts})
+		r.send("reactions", b)
+	default:
+		return
+	}
+	r.lastSend = now
+}
+
+// takeCounts returns the taps counted here and on other nodes since the
+// last counts, and shares this node's with the others; r.mu held.
+func (r *Room) takeCounts() map[string]int {
+	counts := maps.Clone(r.reactions)
+	for k, n := range r.remote {
+		counts[k] += n
+	}
+	if len(r.reactions) > 0 {
+		r.share(Event{Reactions: r.reactions})
+	}
+	r.reactions, r.remote = map[string]int{}, map[string]int{}
+	return counts
 }
 
 // broadcast sends a message to every subscriber after the queued chat, so
 // that viewers hear of a message before what happens to it; r.mu held.
 func (r *Room) broadcast(v any, kind string) {
-	r.flushBatch(r.cfg.Now())
+	r.flush(r.cfg.Now())
 	b, err := json.Marshal(v)
 	if err != nil {
 		r.cfg.Log.Error("chat: marshal", "err", err)
@@ -508,30 +571,8 @@ func (r *Room) React(viewer, value string) error {
 	}
 	r.reactions[value]++
 	r.cfg.Metrics.reactions.Inc()
+	r.schedule(now)
 	return nil
-}
-
-// sendReactions sends the taps counted since the last time, here and on
-// other nodes, if any, and shares this node's with the others.
-func (r *Room) sendReactions() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.reactions) == 0 && len(r.remote) == 0 {
-		return
-	}
-	counts := maps.Clone(r.reactions)
-	for k, n := range r.remote {
-		counts[k] += n
-	}
-	r.broadcast(struct {
-		V      int            `json:"v"`
-		Type   string         `json:"type"`
-		Counts map[string]int `json:"counts"`
-	}{1, "reactions", counts}, "reactions")
-	if len(r.reactions) > 0 {
-		r.share(Event{Reactions: r.reactions})
-	}
-	r.reactions, r.remote = map[string]int{}, map[string]int{}
 }
 
 // share tells the other nodes' rooms of an event; r.mu held.
@@ -574,6 +615,10 @@ func (r *Room) Apply(ctx context.Context, ev Event) {
 		}
 		r.broadcast(idMessage{V: 1, Type: "chat.answered", ID: ev.Answered}, "chat.answered")
 	}
+	if ev.Rejected != "" {
+		r.held = slices.DeleteFunc(r.held, func(h Message) bool { return h.ID == ev.Rejected })
+		r.broadcast(idMessage{V: 1, Type: "chat.rejected", ID: ev.Rejected}, "chat.rejected")
+	}
 	if ev.Pin != nil || ev.Unpin {
 		msg := pinMessage{V: 1, Type: "chat.pin", Message: ev.Pin}
 		r.pinned = ev.Pin
@@ -587,6 +632,7 @@ func (r *Room) Apply(ctx context.Context, ev Event) {
 			r.remote[k] += n
 		}
 	}
+	r.schedule(now)
 }
 
 // setState takes a room state written by a moderation and tells viewers

@@ -25,6 +25,7 @@ func (noClock) Latest() (uint32, bool) { return 0, false }
 type wire struct {
 	mu   sync.Mutex
 	msgs []map[string]any
+	at   []time.Time
 }
 
 func (w *wire) send(b []byte) {
@@ -32,6 +33,7 @@ func (w *wire) send(b []byte) {
 	_ = json.Unmarshal(b, &m)
 	w.mu.Lock()
 	w.msgs = append(w.msgs, m)
+	w.at = append(w.at, time.Now())
 	w.mu.Unlock()
 }
 
@@ -116,6 +118,77 @@ func TestBatching(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("after 2 s: %d of 41 messages on the wire", items)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestOneSendPerTick: in a busy room (a message every 20 ms, taps all
+// along) each viewer gets one data-channel message per 125 ms, reaction
+// counts riding in the chat batches at most every 250 ms; nothing lost.
+func TestOneSendPerTick(t *testing.T) {
+	room, names := openRoom(t)
+	ctx := context.Background()
+	w := &wire{}
+	room.Subscribe(ctx, "", w.send)
+	const posts = 75
+	for i := range 40 {
+		if _, err := names.Set(ctx, fmt.Sprintf("v%d", i), fmt.Sprintf("10.0.0.%d", i), fmt.Sprintf("viewer %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	for i := range posts {
+		if _, err := room.Post(ctx, chat.Post{Viewer: fmt.Sprintf("v%d", i%40), Text: fmt.Sprintf("m%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := room.React(fmt.Sprintf("v%d", i%40), "heart"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	busy := time.Since(start)
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		w.mu.Lock()
+		texts, hearts, sends := 0, 0, 0
+		var countsAt []time.Time
+		for i, m := range w.msgs {
+			if m["type"] != "chat" && m["type"] != "reactions" {
+				continue
+			}
+			sends++
+			if ms, ok := m["messages"].([]any); ok {
+				texts += len(ms)
+			}
+			c, _ := m["reactions"].(map[string]any)
+			if m["type"] == "reactions" {
+				c, _ = m["counts"].(map[string]any)
+			}
+			if c != nil {
+				n, _ := c["heart"].(float64)
+				hearts += int(n)
+				countsAt = append(countsAt, w.at[i])
+			}
+		}
+		w.mu.Unlock()
+		if texts == posts && hearts == posts {
+			// Sends: the first message and the first counts at once (the
+			// room was quiet), then one per 125 ms, and the last chat and
+			// counts after.
+			if limit := int(busy/(125*time.Millisecond)) + 4; sends > limit {
+				t.Errorf("%d sends in %s: more than one per 125 ms", sends, busy.Round(time.Millisecond))
+			}
+			for i := 1; i < len(countsAt); i++ {
+				if gap := countsAt[i].Sub(countsAt[i-1]); gap < 245*time.Millisecond {
+					t.Errorf("reaction counts %s apart, under 250 ms", gap)
+				}
+			}
+			t.Logf("%d messages and %d taps in %s went out in %d sends, counts in %d of them", posts, posts, busy.Round(time.Millisecond), sends, len(countsAt))
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 2 s: %d of %d messages, %d of %d taps", texts, posts, hearts, posts)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

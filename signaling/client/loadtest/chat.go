@@ -154,7 +154,8 @@ type viewerChat struct {
 	got        []uint64           // bit seq: this run's message seq arrived (snapshot or batch)
 	dups       uint64             // messages of this run that came again
 	lat        histogram          // text's send time to arrival, for messages in chat batches
-	reactMsgs  uint64             // reactions messages
+	reactMsgs  uint64             // messages carrying reaction counts
+	sends      uint64             // chat and reactions messages
 	taps       uint64             // the taps they counted
 }
 
@@ -213,10 +214,11 @@ type chatIn struct {
 	Messages []struct {
 		Text string `json:"text"`
 	} `json:"messages"`
-	Counts map[string]int `json:"counts"`
-	Key    string         `json:"key"`
-	Status string         `json:"status"`
-	Code   string         `json:"code"`
+	Counts    map[string]int `json:"counts"`
+	Reactions map[string]int `json:"reactions"` // counts riding in a chat batch
+	Key       string         `json:"key"`
+	Status    string         `json:"status"`
+	Code      string         `json:"code"`
 }
 
 func (v *viewer) chatMessage(msg []byte, at int64) {
@@ -258,6 +260,7 @@ func (v *viewer) chatMessage(msg []byte, at int64) {
 		}
 	case "chat":
 		vc.mu.Lock()
+		vc.sends++
 		for _, cm := range m.Messages {
 			seq, sent, ok := c.parse(cm.Text)
 			if !ok {
@@ -270,6 +273,9 @@ func (v *viewer) chatMessage(msg []byte, at int64) {
 			vc.lat.add(at - sent)
 		}
 		vc.mu.Unlock()
+		if m.Reactions != nil {
+			vc.counted(m.Reactions)
+		}
 	case "chat.result":
 		if seq, err := strconv.Atoi(m.Key); err == nil {
 			c.setStatus(seq, m.Status)
@@ -277,14 +283,10 @@ func (v *viewer) chatMessage(msg []byte, at int64) {
 	case "chat.name.result":
 		vc.nameDone(nameTaken, "")
 	case "reactions":
-		var n uint64
-		for _, k := range m.Counts {
-			n += uint64(max(k, 0))
-		}
 		vc.mu.Lock()
-		vc.reactMsgs++
-		vc.taps += n
+		vc.sends++
 		vc.mu.Unlock()
+		vc.counted(m.Counts)
 	case "error":
 		// A refused chat message carries its key; a refused name none.
 		if seq, err := strconv.Atoi(m.Key); err == nil {
@@ -293,6 +295,18 @@ func (v *viewer) chatMessage(msg []byte, at int64) {
 			vc.nameDone(nameRefused, m.Code)
 		}
 	}
+}
+
+// counted adds one message's reaction counts.
+func (vc *viewerChat) counted(counts map[string]int) {
+	var n uint64
+	for _, k := range counts {
+		n += uint64(max(k, 0))
+	}
+	vc.mu.Lock()
+	vc.reactMsgs++
+	vc.taps += n
+	vc.mu.Unlock()
 }
 
 // nameDone ends a chatter's wait for its name, once.
@@ -455,7 +469,7 @@ func (r *run) reportChat(rep *Report) {
 	}
 	react := &Reactions{Rate: r.cfg.Reactions, Sent: c.reactTried.Load() - c.reactFailed.Load(), Failed: c.reactFailed.Load(), Seconds: window}
 	var lat histogram
-	var perSecond, taps []float64
+	var perSecond, taps, sends []float64
 	tried := c.reactTried.Load()
 	for i, v := range r.viewers {
 		vr := &rep.Viewers[i]
@@ -513,11 +527,14 @@ func (r *run) reportChat(rep *Report) {
 				react.ViewersShort++
 			}
 		}
-		if r.cfg.Reactions > 0 {
-			// Per second of sending the viewer was there for.
-			if d := float64(stop-max(start, vc.snapshotAt)) / float64(time.Second); d > 0 {
+		// Per second of sending the viewer was there for.
+		if d := float64(stop-max(start, vc.snapshotAt)) / float64(time.Second); d > 0 {
+			sends = append(sends, float64(vc.sends)/d)
+			if r.cfg.Reactions > 0 {
 				perSecond = append(perSecond, float64(vc.reactMsgs)/d)
 			}
+		}
+		if r.cfg.Reactions > 0 {
 			taps = append(taps, float64(vc.taps))
 		}
 		vc.mu.Unlock()
@@ -530,6 +547,7 @@ func (r *run) reportChat(rep *Report) {
 	}
 	ch.Received = ch.Expected - ch.Missing
 	ch.Latency = lat.spread()
+	ch.SendsPerViewerPerSecond = spreadOf(sends)
 	react.PerViewerPerSecond = spreadOf(perSecond)
 	react.Taps = spreadOf(taps)
 	if r.cfg.Chatters > 0 {

@@ -181,6 +181,9 @@ type Chat struct {
 	// Latency is the text's send time to its arrival at a viewer, for
 	// every message of this run that came in a chat batch.
 	Latency Spread `json:"latency_ms"`
+	// SendsPerViewerPerSecond: chat and reactions messages (one
+	// data-channel message each) a viewer got per second it was there.
+	SendsPerViewerPerSecond Spread `json:"sends_per_viewer_per_s"`
 }
 
 // Reactions is what the tool tapped and what came back.
@@ -419,6 +422,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 			c.Received, c.Expected, c.Viewers, c.Missing, c.ViewersMissing, c.Duplicates, c.NoSnapshot, c.Disconnected)
 		row("chat latency", "p50 %.1f ms  p95 %.1f ms  p99 %.1f ms  max %.1f ms (%d deliveries, send to arrival)",
 			c.Latency.P50, c.Latency.P95, c.Latency.P99, c.Latency.Max, c.Latency.N)
+		row("chat sends per viewer", "p50 %.2f  max %.2f chat and reactions messages/s", c.SendsPerViewerPerSecond.P50, c.SendsPerViewerPerSecond.Max)
 	}
 	if re := r.Reactions; re != nil {
 		rate := 0.0
