@@ -50,17 +50,19 @@ func TestChatMessages(t *testing.T) {
 	v.chatMessage([]byte(`{"v":1,"type":"chat.result","key":"1","id":"c1","status":"visible"}`), 30)
 	v.chatMessage([]byte(`{"v":1,"type":"error","key":"2","code":"rate_limited","retry_after_ms":300}`), 31)
 	v.chatMessage([]byte(`{"v":1,"type":"reactions","counts":{"heart":3,"wow":2}}`), 40)
+	// A batch as the server writes it, counts riding along.
+	v.chatMessage(fmt.Appendf(nil, `{"v":1,"type":"chat","messages":[{"id":"c9","name":"Ada","text":"hello \"vitrine-load\" %s","ts":1},{"id":"c10","name":"Bo","text":%q,"at":90,"ts":2}],"reactions":{"fire":4}}`, c.prefix, c.text(3, int64(10*time.Millisecond))), int64(40*time.Millisecond))
 	vc := &v.chat
-	if vc.snapshotAt != 10 || vc.name != nameTaken || !vc.has(0) || !vc.has(1) || vc.has(2) || vc.dups != 1 {
-		t.Errorf("snapshot at %d, name %d, has 0 1 2: %v %v %v, dups %d", vc.snapshotAt, vc.name, vc.has(0), vc.has(1), vc.has(2), vc.dups)
+	if vc.snapshotAt != 10 || vc.name != nameTaken || !vc.has(0) || !vc.has(1) || vc.has(2) || !vc.has(3) || vc.dups != 1 {
+		t.Errorf("snapshot at %d, name %d, has 0 1 2 3: %v %v %v %v, dups %d", vc.snapshotAt, vc.name, vc.has(0), vc.has(1), vc.has(2), vc.has(3), vc.dups)
 	}
-	if s := vc.lat.spread(); s.N != 1 || s.Max != 20 {
-		t.Errorf("latency %+v: want one sample of 20 ms (the repeat is not one)", s)
+	if s := vc.lat.spread(); s.N != 2 || s.Max != 30 {
+		t.Errorf("latency %+v: want samples of 20 and 30 ms (the repeat is not one)", s)
 	}
 	if c.msgs[0].status != "" || c.msgs[1].status != "visible" || c.msgs[2].status != "rate_limited" {
 		t.Errorf("statuses %+v", c.msgs)
 	}
-	if vc.reactMsgs != 1 || vc.taps != 5 {
+	if vc.reactMsgs != 2 || vc.taps != 9 {
 		t.Errorf("%d reactions messages, %d taps", vc.reactMsgs, vc.taps)
 	}
 }
