@@ -10,6 +10,7 @@ type Metrics struct {
 	moderation *prometheus.CounterVec
 	reactions  prometheus.Counter
 	deliveries *prometheus.CounterVec
+	handOff    prometheus.Histogram
 	saveErrors prometheus.Counter
 }
 
@@ -26,6 +27,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "vitrine_chat_reactions_total", Help: "Reaction taps counted."}),
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vitrine_chat_deliveries_total", Help: "Chat messages sent to viewers (one per viewer), by type."}, []string{"type"}),
+		handOff: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "vitrine_chat_handoff_seconds",
+			Help:    "From a chat message's server time (ts) to its hand-off to the last of this node's viewers: the batch wait and the fan-out; on cluster edges the NATS hop too.",
+			Buckets: []float64{.01, .025, .05, .1, .15, .2, .3, .5, 1, 2, 5}}),
 		saveErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "vitrine_chat_store_errors_total", Help: "Failed writes of chat messages (kept and tried again)."}),
 	}
@@ -38,10 +43,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, a := range []string{"delete", "approve", "reject", "answer", "pin", "unpin", "mute", "unmute", "ban", "unban", "slow", "filter", "calm", "moderator_key"} {
 		m.moderation.WithLabelValues(a)
 	}
-	for _, t := range []string{"chat", "chat.snapshot", "chat.delete", "chat.pin", "reactions"} {
+	for _, t := range []string{"chat", "chat.snapshot", "chat.delete", "chat.rejected", "chat.pin", "reactions"} {
 		m.deliveries.WithLabelValues(t)
 	}
-	reg.MustRegister(m.messages, m.refused, m.moderation, m.reactions, m.deliveries, m.saveErrors)
+	reg.MustRegister(m.messages, m.refused, m.moderation, m.reactions, m.deliveries, m.handOff, m.saveErrors)
 	return m
 }
 

@@ -507,8 +507,12 @@ func (r *Room) flush(now time.Time) {
 			Messages  []Message      `json:"messages"`
 			Reactions map[string]int `json:"reactions,omitempty"`
 		}{1, "chat", public(r.batch), counts})
-		r.batch = nil
 		r.send("chat", b)
+		done := r.cfg.Now().UnixMilli()
+		for _, m := range r.batch {
+			r.cfg.Metrics.handOff.Observe(float64(max(done-m.TS, 0)) / 1000)
+		}
+		r.batch = nil
 	case counts != nil:
 		b, _ := json.Marshal(struct {
 			V      int            `json:"v"`
