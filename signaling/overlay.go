@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/vitrine-live/vitrine/media"
@@ -529,7 +530,11 @@ func (s *Server) storeFailed(what string, err error) {
 	if now-last < int64(time.Second) || !s.storeErrLogged.CompareAndSwap(last, now) {
 		return
 	}
-	s.log.Error("store unavailable: buys and confirms answer 503", "op", what, "failures_since_last_line", n, "err", err)
+	msg := "store unavailable: buys and confirms answer 503"
+	if errors.Is(err, syscall.ENOSPC) {
+		msg = "store unavailable: the disk is full; buys and confirms answer 503 until space is freed"
+	}
+	s.log.Error(msg, "op", what, "failures_since_last_line", n, "err", err)
 	s.storeErrors.Add(-n)
 }
 

@@ -17,10 +17,12 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers driver "pgx"
-	_ "modernc.org/sqlite"             // registers driver "sqlite"
+	"modernc.org/sqlite"               // registers driver "sqlite"
 
 	"github.com/vitrine-live/vitrine/overlay"
 )
@@ -291,7 +293,8 @@ func (s *Store) execWrite(ctx context.Context, query string, args ...any) (int64
 		return 0, err
 	}
 	defer done()
-	return execN(ctx, s.write, query, args...)
+	n, err := execN(ctx, s.write, query, args...)
+	return n, diskFull(err)
 }
 
 // inTx runs fn in a write transaction and commits when fn returns nil.
@@ -303,13 +306,32 @@ func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	defer done()
 	tx, err := s.write.BeginTx(ctx, nil)
 	if err != nil {
-		return err
+		return diskFull(err)
 	}
 	if err := fn(tx); err != nil {
-		return errors.Join(err, ignoreDone(tx.Rollback()))
+		return diskFull(errors.Join(err, ignoreDone(tx.Rollback())))
 	}
-	return tx.Commit()
+	return diskFull(tx.Commit())
 }
+
+// diskFull marks the error of a write that found the disk full (SQLite's
+// SQLITE_FULL, PostgreSQL's disk_full) so that errors.Is(err,
+// syscall.ENOSPC) holds: the server can then say that the disk is full,
+// not merely that the store failed. SQLite rolls such a transaction back
+// and works again once there is space.
+func diskFull(err error) error {
+	var lite *sqlite.Error
+	var pg *pgconn.PgError
+	if (errors.As(err, &lite) && lite.Code()&0xff == 13) || (errors.As(err, &pg) && pg.Code == "53100") {
+		return diskFullError{err}
+	}
+	return err
+}
+
+type diskFullError struct{ err error }
+
+func (e diskFullError) Error() string   { return e.err.Error() }
+func (e diskFullError) Unwrap() []error { return []error{e.err, syscall.ENOSPC} }
 
 func ignoreDone(err error) error {
 	if errors.Is(err, sql.ErrTxDone) {
