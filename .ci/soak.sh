@@ -7,7 +7,8 @@
 # posting a cue each second) reconnects every 5 minutes; 100 viewers join,
 # watch 30 s, leave and join again; a shopper buys and confirms every
 # second. Every 10 s the server's RSS, goroutines and open files go to
-# OUT_DIR/samples.csv, and every viewer round's loss to OUT_DIR/rounds.csv.
+# OUT_DIR/samples.csv, every viewer round's loss to OUT_DIR/rounds.csv,
+# every buy's HTTP status to OUT_DIR/buys.csv; OUT_DIR/soak.svg plots them.
 # At the end it prints each figure's change from its average over minutes
 # 5-6 to its average over the last minute (the target: within 10 %), and the
 # worst round's loss (target: under 0.5 %). Exit status 1 if a target is
@@ -52,7 +53,8 @@ for _ in $(seq 100); do curl -fs "$base/readyz" >/dev/null && break; sleep 0.1; 
 end=$(($(date +%s) + minutes * 60))
 # The creator: 5-minute sessions, publishing and cueing.
 (while (($(date +%s) < end)); do
-	"$out/vitrine" load -server "$base" -key "$key" -viewers 0 -loopback -duration 5m >>"$out/creator.log" 2>&1 || true
+	left=$((end - $(date +%s)))
+	"$out/vitrine" load -server "$base" -key "$key" -viewers 0 -loopback -duration "$((left < 300 ? left : 300))s" >>"$out/creator.log" 2>&1 || true
 done) &
 pids+=($!)
 sleep 5
@@ -78,6 +80,7 @@ pids+=($!)
 	hdr=$(mktemp)
 	body=$(curl -s -D "$hdr" -H 'Content-Type: application/json' ${token:+-H "Vitrine-Viewer: $token"} \
 		-d "{\"sku\":\"demo-mug\",\"qty\":1,\"key\":\"soak-buy-$i-$$\"}" "$base/api/v1/streams/demo/buy" || true)
+	echo "$(date +%s),$(head -1 "$hdr" | cut -d' ' -f2)" >>"$out/buys.csv"
 	t=$(grep -i '^vitrine-viewer:' "$hdr" | tr -d '\r' | cut -d' ' -f2 || true)
 	[[ -n "$t" ]] && token=$t
 	rm -f "$hdr"
@@ -117,5 +120,38 @@ loss = [float(r["loss"]) for r in csv.DictReader(open(f"{out}/rounds.csv"))]
 if loss:
     print(f"viewer rounds: {len(loss)}, worst loss {max(loss) * 100:.3f} %, mean {sum(loss) / len(loss) * 100:.3f} %")
     ok &= max(loss) < 0.005
+codes = {}
+for line in open(f"{out}/buys.csv"):
+    code = line.strip().split(",")[1] or "none"
+    codes[code] = codes.get(code, 0) + 1
+print("buys by HTTP status:", ", ".join(f"{c}: {n}" for c, n in sorted(codes.items())))
+
+# The plot: each figure over its average after the settling time (1 = flat),
+# the band of +-10 %, and each viewer round's loss on the right scale.
+W, H, L, R, T, B = 720, 300, 50, 60, 20, 40
+span = max(int(r["t_s"]) for r in rows) or 1
+x = lambda t: L + (W - L - R) * t / span
+y = lambda v: T + (H - T - B) * (1.3 - v) / 0.6  # 0.7 .. 1.3
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
+       f'<rect x="{L}" y="{y(1.1):.1f}" width="{W - L - R}" height="{y(0.9) - y(1.1):.1f}" fill="#eef6ee"/>']
+for v in (0.7, 0.9, 1.0, 1.1, 1.3):
+    svg.append(f'<text x="{L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.1f}</text>')
+for m in range(0, span // 60 + 1, 5):
+    svg.append(f'<text x="{x(m * 60):.1f}" y="{H - B + 16}" text-anchor="middle">{m} min</text>')
+colors = {"rss_kib": "#c0392b", "goroutines": "#2471a3", "open_files": "#7d3c98"}
+for i, (col, color) in enumerate(colors.items()):
+    early = [float(r[col]) for r in rows if settle <= int(r["t_s"]) < settle + 60] or [1]
+    base = sum(early) / len(early)
+    pts = " ".join(f"{x(int(r['t_s'])):.1f},{y(float(r[col]) / base):.1f}" for r in rows)
+    svg.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"/>')
+    svg.append(f'<text x="{L + 10 + i * 150}" y="{T - 6}" fill="{color}">{col} / average after {settle // 60} min</text>')
+start = min(int(l.split(",")[0]) for l in open(f"{out}/buys.csv")) if codes else 0
+for r in csv.DictReader(open(f"{out}/rounds.csv")):
+    t = int(r["round_end"]) - start
+    h = min(float(r["loss"]) / 0.005, 1) * (H - T - B)
+    svg.append(f'<rect x="{x(max(t, 0)) - 1:.1f}" y="{H - B - h:.1f}" width="2" height="{h:.1f}" fill="#e67e22"/>')
+svg.append(f'<text x="{W - R + 6}" y="{H - B}" fill="#e67e22">loss 0</text><text x="{W - R + 6}" y="{T + 10}" fill="#e67e22">0.5 %</text></svg>')
+open(f"{out}/soak.svg", "w").write("\n".join(svg) + "\n")
+print(f"plot: {out}/soak.svg")
 sys.exit(0 if ok else 1)
 PY

@@ -100,8 +100,9 @@ type WebhookConfig struct {
 // WebhookWorker delivers outbox events to the merchant until acknowledged.
 // Delivery is at least once: a merchant drops duplicates by Vitrine-Event-Id.
 type WebhookWorker struct {
-	cfg    WebhookConfig
-	outbox Outbox
+	cfg        WebhookConfig
+	outbox     Outbox
+	markFailed Throttle // the store could not record a delivery
 }
 
 // NewWebhookWorker checks cfg and fills in its defaults.
@@ -211,7 +212,10 @@ func (w *WebhookWorker) deliver(ctx context.Context, e Event) {
 	}
 	if postErr == nil {
 		if err := w.outbox.MarkDelivered(bctx, e.ID, time.Now()); err != nil {
-			w.cfg.Logger.Error("webhook: mark delivered", "event", e.ID, "err", err)
+			// The event goes again later: delivery is at least once.
+			if n, write := w.markFailed.Count(); write {
+				w.cfg.Logger.Error("webhook: delivered, but the store could not record it; it will be sent again", "event", e.ID, "failures_since_last_line", n, "err", err)
+			}
 		}
 		return
 	}

@@ -524,10 +524,8 @@ const storeRetry = time.Second
 // count since, so that a database outage under a flash sale writes a few
 // lines, not thousands.
 func (s *Server) storeFailed(what string, err error) {
-	n := s.storeErrors.Add(1)
-	now := time.Now().UnixNano()
-	last := s.storeErrLogged.Load()
-	if now-last < int64(time.Second) || !s.storeErrLogged.CompareAndSwap(last, now) {
+	n, write := s.storeErrors.Count()
+	if !write {
 		return
 	}
 	msg := "store unavailable: buys and confirms answer 503"
@@ -535,7 +533,6 @@ func (s *Server) storeFailed(what string, err error) {
 		msg = "store unavailable: the disk is full; buys and confirms answer 503 until space is freed"
 	}
 	s.log.Error(msg, "op", what, "failures_since_last_line", n, "err", err)
-	s.storeErrors.Add(-n)
 }
 
 // writeStoreUnavailable answers 503 with Retry-After: a buy or confirm

@@ -14,7 +14,6 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -68,8 +67,7 @@ type Server struct {
 	metrics  *edgeMetrics
 	limits   *limiter
 
-	storeErrors    atomic.Int64 // failed buys and confirms since the last log line
-	storeErrLogged atomic.Int64 // when that line was written (Unix ns)
+	storeErrors overlay.Throttle // failed buys and confirms, a log line a second
 
 	showCfg overlay.ShowConfig
 
