@@ -51,7 +51,7 @@ async function watcher(name, { viewport = { width: 1280, height: 720 }, stream =
 function listed(page) {
   return page.evaluate(() => [...document.querySelector('vitrine-chat').shadowRoot.querySelectorAll('.messages li')].map((li) => ({
     id: li.dataset.id, name: li.querySelector('.name')?.textContent, text: li.querySelector('.text')?.textContent,
-    waiting: li.classList.contains('waiting'), answered: li.hasAttribute('data-answered'), question: li.hasAttribute('data-question'),
+    waiting: li.classList.contains('waiting'), rejected: li.classList.contains('rejected'), answered: li.hasAttribute('data-answered'), question: li.hasAttribute('data-question'),
     label: li.textContent,
   })));
 }
@@ -95,6 +95,32 @@ async function say(page, text, { question = false } = {}) {
 
 // lastError is the newest chat error that came on the page's channel.
 const lastError = (page, code) => waitFor(`${page.label} gets error ${code} on its channel`, () => page.evaluate((c) => window.got.findLast((m) => m.type === 'error' && m.code === c), code), 10000);
+
+// chatOnly opens a page without a data channel in a context of its own:
+// the watch page in a browser without WebRTC (noWebRTC), or a page of
+// the shop's with a <vitrine-chat> and no player. It waits for the chat's
+// snapshot, read from the SSE stream.
+async function chatOnly(name, { noWebRTC = false } = {}) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 720 } });
+  const page = await context.newPage();
+  page.label = name;
+  ownRequestsOnly(page);
+  page.whep = 0;
+  page.on('request', (req) => { if (req.url().includes('/whep/')) page.whep++; });
+  page.on('pageerror', (err) => { throw new Error(`${name}: ${err.message}`); });
+  if (noWebRTC) {
+    await page.addInitScript(() => { delete window.RTCPeerConnection; delete window.webkitRTCPeerConnection; });
+    await page.goto(`${server.base}/watch/demo`);
+  } else {
+    await page.route(`${server.base}/shop/chat-only`, (route) => route.fulfill({ contentType: 'text/html', body: `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Shop</title></head><body>
+<h1>Our live show</h1><vitrine-chat server="${server.base}" stream="demo" style="height: 480px"></vitrine-chat>
+<script type="module" src="${server.base}/sdk/vitrine-chat.js"></script></body></html>` }));
+    await page.goto(`${server.base}/shop/chat-only`);
+  }
+  await page.waitForFunction(() => document.querySelector('vitrine-chat')?.shadowRoot.querySelectorAll('.messages li').length > 0, null, { timeout: 20000 });
+  return page;
+}
 
 // The studio's live chat, with its actions.
 async function studioSees(studio, text, timeout = 10000) {
@@ -230,6 +256,35 @@ test('chat: names, moderation, questions, reactions, phone layout', async (t) =>
     await ada.waitForFunction(() => window.got.some((m) => m.type === 'chat.snapshot') && document.querySelector('vitrine-player').dc?.readyState === 'open', null, { timeout: 20000 });
     assert.equal(await ada.isVisible('vitrine-chat .say'), true, 'the name is kept');
     assert.equal(await ada.textContent('vitrine-chat button.me'), 'Ada');
+  });
+
+  await t.test('(a2) no data channel: the chat reads the SSE stream and posts over HTTP', async () => {
+    const noRTC = await chatOnly('Cleo, no WebRTC', { noWebRTC: true });
+    const shop = await chatOnly('Dan, chat without a player');
+    for (const page of [noRTC, shop]) {
+      assert.equal((await sees(page, 'Hello from Ada')).name, 'Ada', 'the earlier messages, from the snapshot');
+      assert.equal(await page.isVisible('vitrine-chat .pick'), true);
+    }
+    assert.match(await noRTC.textContent('vitrine-player .status'), /cannot play live video/);
+    await pickName(noRTC, 'Cleo');
+    await pickName(shop, 'Dan');
+    for (const page of [noRTC, shop]) await page.waitForSelector('vitrine-chat .say', { timeout: 10000 });
+    // What the others say comes in live.
+    await say(bob, 'Bob to the SSE readers');
+    for (const page of [noRTC, shop]) assert.equal((await sees(page, 'Bob to the SSE readers')).name, 'Bob');
+    // What they say reaches the pages on WebRTC, under their names.
+    await say(noRTC, 'Cleo without WebRTC');
+    await say(shop, 'Dan from the shop page');
+    assert.equal((await sees(bob, 'Cleo without WebRTC')).name, 'Cleo');
+    assert.equal((await sees(bob, 'Dan from the shop page')).name, 'Dan');
+    assert.equal((await sees(shop, 'Cleo without WebRTC')).name, 'Cleo');
+    assert.equal((await sees(noRTC, 'Dan from the shop page')).name, 'Dan');
+    for (const page of [noRTC, shop]) {
+      assert.ok((await listed(page)).some((m) => m.text === (page === shop ? 'Dan from the shop page' : 'Cleo without WebRTC')), `${page.label} sees its own`);
+      assert.equal(page.whep, 0, `${page.label} never tried WebRTC`);
+    }
+    await noRTC.context().close();
+    await shop.context().close();
   });
 
   await t.test('(b) markup in messages shows as text: no element made, no script run', async () => {
@@ -394,6 +449,18 @@ test('chat: names, moderation, questions, reactions, phone layout', async (t) =>
     await studio.click(`#held li[data-id="${mine.id}"] button.approve`);
     await studio.click(`#held li[data-id="${r.body.id}"] button.reject`);
     await sees(bob, 'calm please');
+    // Rejected: its author is told; nobody else ever sees it.
+    await say(bob, 'Bob gets turned down');
+    const held = await waitFor('Bob sees his waiting', async () => (await listed(bob)).find((m) => m.text === 'Bob gets turned down' && m.waiting), 10000);
+    await studio.waitForSelector(`#held li[data-id="${held.id}"]`, { timeout: 10000 });
+    await studio.click(`#held li[data-id="${held.id}"] button.reject`);
+    const no = await waitFor('Bob sees it not approved', async () => (await listed(bob)).find((m) => m.id === held.id && m.rejected), 10000);
+    assert.match(no.label, /not approved by the moderators/);
+    assert.doesNotMatch(no.label, /waiting/);
+    await studio.waitForFunction((i) => !document.querySelector(`#held li[data-id="${i}"]`), held.id, { timeout: 10000 });
+    await waitFor('Ada gets the chat.rejected', () => ada.evaluate((i) => window.got.some((m) => m.type === 'chat.rejected' && m.id === i), held.id), 10000);
+    await seesNot(ada, (m) => m.id === held.id || m.text === 'Bob gets turned down');
+    await waitFor('Bob\'s rejected message fades', async () => !(await listed(bob)).some((m) => m.id === held.id), 15000);
     await studio.uncheck('#calm');
     await waitFor('calm is off', async () => !(await (await fetch(`${server.base}/api/v1/streams/demo/chat`, { headers: { Authorization: `Bearer ${KEY}` } })).json()).settings.calm, 10000);
   });
@@ -500,6 +567,24 @@ test('chat: names, moderation, questions, reactions, phone layout', async (t) =>
     await context.close();
   });
 
+  await t.test('(i) the studio\'s moderation log: who did what, newest first', async () => {
+    await say(bob, 'log me, then delete me');
+    const id = await studioSees(studio, 'log me, then delete me');
+    await studioAct(studio, id, 'mute');
+    await studio.waitForSelector('#restricted li button.unmute', { timeout: 10000 });
+    await studioAct(studio, id, 'delete');
+    await studio.click('#restricted li button.unmute');
+    const read = () => studio.evaluate(() => [...document.querySelectorAll('#modlog li')].map((li) => ({ by: li.dataset.by, action: li.dataset.action, text: li.textContent })));
+    const log = await waitFor('the log shows the unmute on top', async () => { const l = await read(); return l[0]?.action === 'unmute' ? l : null; }, 10000);
+    t.diagnostic(`log: ${JSON.stringify(log.slice(0, 4))}`);
+    assert.equal(await studio.isVisible('#modlog'), true);
+    assert.deepEqual(log.slice(0, 3).map((a) => [a.by, a.action]), [['host', 'unmute'], ['host', 'delete'], ['host', 'mute']]);
+    assert.match(log[1].text, /Bob: log me, then delete me/);
+    assert.match(log[2].text, /Bob for 10 min/);
+    for (const a of log.slice(0, 3)) assert.match(a.text, /^\d\d:\d\d:\d\d/, 'each with its time');
+    assert.ok(log.some((a) => a.by === 'moderator' && a.action === 'delete' && /a moderator removes this/.test(a.text)), 'the moderator\'s delete, under moderator');
+  });
+
   await t.test('(f) reactions: taps are counted at most every 250 ms, and float on the other page', async () => {
     const taps = 8;
     const start = await bob.evaluate(() => performance.now());
@@ -531,6 +616,53 @@ test('chat: names, moderation, questions, reactions, phone layout', async (t) =>
       return p.shadowRoot.querySelectorAll('.floats .float').length;
     });
     assert.equal(flood, 30, 'at most 30 floating at once');
+  });
+
+  const floating = (page) => page.evaluate(() => document.querySelector('vitrine-player').shadowRoot.querySelectorAll('.floats .float').length);
+  await t.test('(f2) reactions that ride in a chat message float as well', async () => {
+    await waitFor('the floats of (f) are gone', async () => (await floating(bob)) === 0, 6000);
+    // Counts due at the same tick as chat come in the chat message.
+    const direct = await bob.evaluate(() => {
+      const p = document.querySelector('vitrine-player');
+      p.onMessage(JSON.stringify({ v: 1, type: 'chat', messages: [], reactions: { heart: 3, fire: 1 } }));
+      return [...p.shadowRoot.querySelectorAll('.floats .float')].map((el) => el.dataset.value).sort();
+    });
+    assert.deepEqual(direct, ['fire', 'heart', 'heart', 'heart']);
+    // A viewer taps while chatting; Bob floats every tap once, however
+    // the counts came (alone or in a chat). The server sends taps after a
+    // quiet spell at once, then counts 250 ms after the last ones, and a
+    // message 125 ms after its last send: two taps, then two messages at
+    // 160 and 190 ms, make the second message wait for the counts' tick.
+    // Over HTTP from here, for the timing; a few rounds, until one rides.
+    await bob.evaluate(() => {
+      window.floated = 0;
+      const box = document.querySelector('vitrine-player').shadowRoot.querySelector('.floats');
+      new MutationObserver((ms) => { for (const m of ms) for (const n of m.addedNodes) if (n.classList?.contains('float')) window.floated++; }).observe(box, { childList: true });
+    });
+    const call = (p, body) => fetch(`${server.base}/api/v1/streams/demo/${p}`, { method: 'POST', headers: { 'Content-Type': 'application/json', 'Vitrine-Viewer': node.token }, body: JSON.stringify(body) });
+    const later = (ms, fn) => new Promise((r) => setTimeout(r, ms)).then(fn);
+    const start = await bob.evaluate(() => performance.now());
+    const counted = () => bob.evaluate((s) => window.got.filter((m) => m.t >= s && ((m.type === 'reactions' && m.counts) || (m.type === 'chat' && m.reactions)))
+      .map((m) => ({ type: m.type, heart: (m.counts || m.reactions).heart || 0 })), start);
+    const lines = [['Love this mug', 'Want one'], ['So pretty', 'Ordering now'], ['Is it dishwasher safe?', 'Thanks'], ['Great show', 'See you next week']];
+    let taps = 0;
+    for (const [a, b] of lines) {
+      await new Promise((r) => setTimeout(r, 2500)); // counts and the 3-at-once budget are fresh
+      const res = await Promise.all([call('reactions', { value: 'heart' }), call('reactions', { value: 'heart' }),
+        later(160, () => call('chat', { text: a })), later(190, () => call('chat', { text: b }))]);
+      assert.deepEqual(res.map((r) => r.status), [202, 202, 201, 201]);
+      taps += 2;
+      await sees(bob, b);
+      await waitFor('Bob gets the round\'s taps', async () => (await counted()).reduce((n, m) => n + m.heart, 0) >= taps, 3000);
+      if ((await counted()).some((m) => m.type === 'chat')) break;
+    }
+    const got = await counted();
+    t.diagnostic(`${taps} taps with chat: ${got.map((m) => `${m.type} ${m.heart}`).join(', ')}`);
+    assert.equal(got.reduce((n, m) => n + m.heart, 0), taps, 'every tap counted once');
+    assert.ok(got.some((m) => m.type === 'chat'), 'some counts rode in a chat message');
+    await waitFor(`Bob floats ${taps}`, () => bob.evaluate((n) => window.floated >= n, taps), 3000);
+    assert.equal(await bob.evaluate(() => window.floated), taps, 'one float per tap');
+    await waitFor('the floats are gone', async () => (await floating(bob)) === 0, 6000);
   });
 
   await t.test('(g) phone and desktop layouts: geometry and screenshots', async () => {

@@ -2,7 +2,8 @@
 // stream the studio already follows) with an action on each message,
 // posting as host, the held queue, open questions per product, and the
 // room's settings (slow mode, word filter, calm mode), polled from
-// GET .../chat every 2 s. A moderator (signed in with a moderator key)
+// GET .../chat every 2 s, and the moderation log (GET .../chat/log, after
+// each action taken here and every 10 s). A moderator (signed in with a moderator key)
 // gets these panels only.
 // Viewers' text goes on the page with textContent only.
 
@@ -14,6 +15,7 @@ let pinnedId = '';
 let titles = {}; // product titles by SKU, for the question queue
 let filterEdited = false; // the word filter is being edited: polls leave it
 let polled = null; // the last GET .../chat
+let actions = 0; // actions taken here: a poll that began before one is stale
 
 // startChat shows the panels and keeps them current. api(path, opts) is
 // the studio's bearer-key fetch.
@@ -27,6 +29,8 @@ export function startChat({ stream, api, role }) {
   }).catch(() => {});
   poll();
   setInterval(poll, 2000);
+  loadLog();
+  setInterval(loadLog, 10000);
 }
 
 // onEvent takes the studio's SSE messages; chat ones update the live chat.
@@ -49,6 +53,7 @@ export function onEvent(m) {
       break;
     }
     case 'chat.pin': showPinned(m.message); break;
+    case 'chat.rejected': $('held').querySelector(`li[data-id="${CSS.escape(m.id || '')}"]`)?.remove(); break;
   }
 }
 
@@ -118,13 +123,43 @@ function showPinned(msg) {
 
 // act takes one moderation action; the queues are read again at once.
 async function act(body) {
+  actions++;
   try {
     await ctx.api(`${ctx.base}/actions`, { method: 'POST', body: JSON.stringify(body) });
     setStatus('');
   } catch (err) {
     setStatus(`Not done: ${err.message}`, true);
   }
-  await poll();
+  await Promise.all([poll(), loadLog()]);
+}
+
+// loadLog shows the moderation log, newest first: when, who (host,
+// moderator, admin), what, and on what (the server's words for it: a
+// name, a message, a setting's value).
+async function loadLog() {
+  let v;
+  try { v = await ctx.api(`${ctx.base}/log`); } catch { return; }
+  const list = $('modlog');
+  list.textContent = '';
+  for (const a of (v.actions || []).slice(0, 50)) {
+    const li = document.createElement('li');
+    li.dataset.by = a.by;
+    li.dataset.action = a.action;
+    const at = new Date(a.at);
+    const time = document.createElement('time');
+    time.dateTime = a.at;
+    time.textContent = at.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+    const what = document.createElement('span');
+    what.className = 'what';
+    what.textContent = a.action;
+    const target = document.createElement('span');
+    target.className = 'target';
+    target.textContent = a.detail || a.target || '';
+    if (a.target) target.title = a.target;
+    li.append(time, ' ', tag('by', a.by), what, ' ', target);
+    list.append(li);
+  }
+  $('modlog-empty').hidden = list.children.length > 0;
 }
 
 function setStatus(text, error = false) {
@@ -133,8 +168,12 @@ function setStatus(text, error = false) {
 }
 
 async function poll() {
+  const seen = actions;
   let v;
   try { v = await ctx.api(ctx.base); } catch (err) { setStatus(`Chat not loaded: ${err.message}`, true); return; }
+  // Read before an action taken meanwhile (a box just ticked would
+  // flip back): the poll after the action shows it.
+  if (seen !== actions) return;
   polled = v;
   renderHeld(v.held || []);
   renderQuestions(v.questions || []);

@@ -3,13 +3,17 @@
 // product on screen, and reaction buttons. It reads what the player
 // receives (its vitrine-message events) and sends through the player's data
 // channel, or over HTTP (the protocol's twins) when the channel is not open.
+// Without a player on the page, or in a browser without WebRTC (no data
+// channel can open), it reads the stream's SSE events itself and posts
+// over HTTP.
 //
 // Attributes: for (the player's id), layout (overlay: floating over the
 // video with a transparent background, as the watch page does on a phone;
-// otherwise a panel).
+// otherwise a panel); stream, server and shopper-token (default: the
+// player's; what the chat uses without a player).
 // Every text a viewer typed is put on the page with textContent, never as
 // HTML: a message is text, whatever it contains.
-import { reactionIcons } from '../sdk/vitrine-player.js';
+import { reactionIcons, viewerRequest } from '../sdk/vitrine-player.js';
 
 const css = `
 :host { display: flex; flex-direction: column; min-height: 0; color: #eee; font: 14px/1.4 var(--vitrine-font, system-ui, sans-serif);
@@ -27,6 +31,9 @@ li[data-role] .name { color: #ffd23f; }
 .tick { color: #6f6; font-weight: 700; margin-left: 6px; }
 .held { font-size: 12px; font-style: italic; opacity: .8; margin-left: 6px; }
 li.mine.waiting { opacity: .7; }
+li.rejected { opacity: .6; }
+li.rejected .text { text-decoration: line-through; }
+li.rejected .held { color: #ff8080; font-style: normal; opacity: 1; }
 .notice { margin: 0; padding: 4px 10px; font-size: 13px; color: #ffcf70; min-height: 0; }
 .notice:empty { display: none; }
 form { display: flex; gap: 6px; align-items: center; padding: 8px; border-top: 1px solid #2a2a2a; flex-wrap: wrap; }
@@ -136,22 +143,61 @@ export class VitrineChat extends HTMLElement {
     if (saved && !this.name) { this.name = saved; this.meBtn.textContent = saved; }
     this.showPicker(false);
     this.timer = setInterval(() => this.tick(), 1000);
+    // No data channel possible: the SSE stream. After the page's own
+    // script has run (it may set the player's stream attribute).
+    this.sseTimer = setTimeout(() => { if (!this.player || !window.RTCPeerConnection) this.listen(); });
   }
 
   disconnectedCallback() {
     for (const type of ['vitrine-message', 'vitrine-card', 'vitrine-card-hide']) document.removeEventListener(type, this.onEvent);
     clearInterval(this.timer);
+    clearTimeout(this.sseTimer);
+    this.es?.close();
+    this.es = null;
   }
 
   get player() { return document.getElementById(this.getAttribute('for')) || document.querySelector('vitrine-player'); }
-  get streamPath() { return `/api/v1/streams/${encodeURIComponent(this.player.stream)}`; }
+  get stream() { return this.getAttribute('stream') || this.player?.stream || 'demo'; }
+  get server() { return (this.getAttribute('server') || this.player?.server || location.origin).replace(/\/$/, ''); }
+  get shopper() { return this.getAttribute('shopper-token') || this.player?.shopperToken || ''; }
+  get streamPath() { return `/api/v1/streams/${encodeURIComponent(this.stream)}`; }
+
+  // send puts a message on the player's data channel; false without one.
+  send(msg) { return !!this.player && !this.es && this.player.send(msg); }
+  request(method, path, body) { return viewerRequest(this.server, method, path, body, this.shopper); }
+
+  // listen reads the stream's SSE events: the same chat messages as the
+  // data channel (no `you` in the snapshot, no answers: those come from
+  // HTTP), and the overlay's, for the card a question is about.
+  listen() {
+    const q = this.shopper ? `?shopper=${encodeURIComponent(this.shopper)}` : '';
+    this.es = new EventSource(`${this.server}${this.streamPath}/events${q}`);
+    this.es.onmessage = (e) => {
+      let m;
+      try { m = JSON.parse(e.data); } catch { return; }
+      this.onMessage(m);
+    };
+  }
+
+  showAsk(on) {
+    this.askEl.hidden = !on;
+    if (!on) this.askBox.checked = false;
+  }
 
   handle(e) {
-    if (e.target !== this.player) return;
-    if (e.type === 'vitrine-card') { this.askEl.hidden = false; return; }
-    if (e.type === 'vitrine-card-hide') { this.askEl.hidden = true; this.askBox.checked = false; return; }
-    const m = e.detail;
+    if (e.target !== this.player || this.es) return;
+    if (e.type === 'vitrine-card') { this.showAsk(true); return; }
+    if (e.type === 'vitrine-card-hide') { this.showAsk(false); return; }
+    this.onMessage(e.detail);
+  }
+
+  onMessage(m) {
     switch (m.type) {
+      // Over SSE, the card on screen (the player's frame-exact events
+      // are not there).
+      case 'snapshot': case 'card.show': case 'sale.start': case 'card.hide':
+        if (this.es) this.showAsk(m.type !== 'card.hide' && !!m.card);
+        break;
       case 'chat.snapshot': this.onSnapshot(m); break;
       case 'chat': for (const msg of m.messages || []) this.add(msg); break;
       case 'chat.delete':
@@ -169,6 +215,7 @@ export class VitrineChat extends HTMLElement {
         if (!this.slow) { this.blockedUntil = 0; this.count(); }
         if (!this.banned) this.tell(this.slow ? `Slow mode is on: one message every ${this.slow} s.` : '');
         break;
+      case 'chat.rejected': this.rejected(m.id); break;
       case 'chat.name.result': this.named(m.name); break;
       case 'chat.result': this.onResult(m); break;
       case 'error':
@@ -190,11 +237,13 @@ export class VitrineChat extends HTMLElement {
     for (const li of waiting) if (!this.list.querySelector(`li[data-id="${CSS.escape(li.dataset.id)}"]`)) this.list.append(li);
     this.markFirst();
     this.slow = m.slow_s || 0;
+    // Over SSE there is no `you`: the name this browser chose stands
+    // (the server answers name_required if it is not this viewer's).
     const you = m.you || {};
-    this.banned = !!you.banned;
+    if (m.you) this.banned = !!you.banned;
     const muted = you.muted_until_ms > Date.now() ? (you.muted_until_ms - Date.now()) / 1000 : 0;
     if (you.name) this.named(you.name, true);
-    else { this.name = ''; this.showPicker(false); }
+    else if (m.you || !this.name) { this.name = ''; this.showPicker(false); }
     if (this.banned) this.tell(explain('banned'), 'banned');
     else if (muted) this.tell(explain('muted', muted), 'muted');
     else this.tell(this.slow ? `Slow mode is on: one message every ${this.slow} s.` : '');
@@ -246,6 +295,16 @@ export class VitrineChat extends HTMLElement {
     this.scrollDown(stick);
   }
 
+  // rejected: a moderator turned down a held message. The author's page
+  // says so, then lets it go; other pages never showed it.
+  rejected(id) {
+    const li = this.list.querySelector(`li.waiting[data-id="${CSS.escape(id || '')}"]`);
+    if (!li) return;
+    li.classList.replace('waiting', 'rejected');
+    li.querySelector('.held').textContent = 'not approved by the moderators';
+    setTimeout(() => { li.remove(); this.markFirst(); }, 8000);
+  }
+
   tickEl() {
     const t = document.createElement('span');
     t.className = 'tick';
@@ -295,7 +354,7 @@ export class VitrineChat extends HTMLElement {
     if (!name) return;
     if (name === this.name) { this.showPicker(false); return; }
     this.waiting = 'name';
-    if (this.player.send({ type: 'chat.name', name })) return;
+    if (this.send({ type: 'chat.name', name })) return;
     this.http('PUT', '/api/v1/chat/name', { name }, (body) => this.named(body.name));
   }
 
@@ -316,7 +375,7 @@ export class VitrineChat extends HTMLElement {
     this.textInput.value = '';
     this.askBox.checked = false;
     this.count();
-    if (this.player.send({ type: 'chat', text, question, key })) return;
+    if (this.send({ type: 'chat', text, question, key })) return;
     this.http('POST', `${this.streamPath}/chat`, { text, question }, (body) => this.onResult({ key, ...body }));
   }
 
@@ -356,7 +415,7 @@ export class VitrineChat extends HTMLElement {
   // answer's body, a refusal is shown as the channel's would be.
   async http(method, path, body, ok) {
     try {
-      const res = await this.player.request(method, path, body);
+      const res = await this.request(method, path, body);
       if (res.ok) { ok(res.body || {}); return; }
       const err = (res.body && res.body.error) || {};
       this.refused(err.code || 'internal', res.retryAfter, err.message);
@@ -369,8 +428,8 @@ export class VitrineChat extends HTMLElement {
   // react: one tap, one message; the counts come back to every viewer
   // (this one too) and float over the video.
   react(value) {
-    if (this.player.send({ type: 'react', value })) return;
-    this.player.request('POST', `${this.streamPath}/reactions`, { value }).catch(() => {});
+    if (this.send({ type: 'react', value })) return;
+    this.request('POST', `${this.streamPath}/reactions`, { value }).catch(() => {});
   }
 
   // tick counts a slow-mode wait down, and lets sending again.

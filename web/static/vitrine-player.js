@@ -29,7 +29,9 @@
 //   vitrine-message {...}                any overlay or chat message, as received
 // The chat pinned by the creator shows over the top of the video, and
 // reaction counts float up its right side. <vitrine-chat> talks through
-// send() (the data channel) and request() (HTTP, as this viewer).
+// send() (the data channel) and request() (HTTP, as this viewer); in a
+// browser without WebRTC the player shows so, and the chat reads the SSE
+// stream.
 // Style with CSS custom properties: --vitrine-accent, --vitrine-card-bg,
 // --vitrine-card-fg, --vitrine-radius, --vitrine-font, --vitrine-aspect,
 // --vitrine-card-bottom and --vitrine-card-right (layout fill),
@@ -114,6 +116,7 @@ const labels = {
   reconnecting: 'Reconnecting…',
   ended: 'The stream has ended. Thanks for watching!',
   private: 'This stream is for the shop\'s signed-in shoppers: open it from the shop.',
+  unsupported: 'This browser cannot play live video (it has no WebRTC).',
 };
 
 // price formats minor units (cents) in the currency's own way.
@@ -128,6 +131,23 @@ const qualities = ['auto', 'high', 'medium', 'low'];
 
 // Error codes that answer a chat message or a name, not a buy.
 const chatCodes = new Set(['name_required', 'invalid_name', 'name_taken', 'name_locked', 'muted', 'slow_mode', 'banned']);
+
+// viewerRequest calls a Vitrine server's HTTP API as this browser's
+// viewer (its Vitrine-Viewer token, kept from the welcome or a response).
+// It resolves to {status, ok, body, retryAfter (seconds)}; it rejects when
+// the server cannot be reached. <vitrine-chat> uses it without a player.
+export async function viewerRequest(server, method, path, body, shopperToken = '') {
+  const headers = {};
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const token = localStorage.getItem('vitrine-viewer');
+  if (token) headers['Vitrine-Viewer'] = token;
+  if (shopperToken) headers['Vitrine-Shopper'] = shopperToken;
+  const res = await fetch(`${server}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const fresh = res.headers.get('Vitrine-Viewer');
+  if (fresh) localStorage.setItem('vitrine-viewer', fresh);
+  const data = res.status === 204 ? null : await res.json().catch(() => null);
+  return { status: res.status, ok: res.ok, body: data, retryAfter: Number(res.headers.get('Retry-After')) || 0 };
+}
 
 // reached: has the frame with RTP timestamp ts reached at (32-bit wrap-around)?
 export function reached(ts, at) { return ((ts - at) | 0) >= 0; }
@@ -245,22 +265,9 @@ export class VitrinePlayer extends HTMLElement {
     return true;
   }
 
-  // request calls the server's HTTP API as this viewer (its Vitrine-Viewer
-  // token, kept from the welcome or a response). It resolves to
-  // {status, ok, body, retryAfter (seconds)}; it rejects when the server
-  // cannot be reached.
-  async request(method, path, body) {
-    const headers = {};
-    if (body !== undefined) headers['Content-Type'] = 'application/json';
-    const token = localStorage.getItem('vitrine-viewer');
-    if (token) headers['Vitrine-Viewer'] = token;
-    if (this.shopperToken) headers['Vitrine-Shopper'] = this.shopperToken;
-    const res = await fetch(`${this.server}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-    const fresh = res.headers.get('Vitrine-Viewer');
-    if (fresh) localStorage.setItem('vitrine-viewer', fresh);
-    const data = res.status === 204 ? null : await res.json().catch(() => null);
-    return { status: res.status, ok: res.ok, body: data, retryAfter: Number(res.headers.get('Retry-After')) || 0 };
-  }
+  // request calls the server's HTTP API as this viewer: viewerRequest
+  // with this player's server and shopper token.
+  request(method, path, body) { return viewerRequest(this.server, method, path, body, this.shopperToken); }
 
   // showHeight puts the resolution received next to Auto: "Auto (360p)".
   showHeight(height) {
@@ -295,6 +302,9 @@ export class VitrinePlayer extends HTMLElement {
     } else {
       this.teardown();
     }
+    // No WebRTC (an old or locked-down browser): nothing to play, no
+    // data channel; <vitrine-chat> then reads the SSE stream itself.
+    if (!window.RTCPeerConnection) { this.showStatus('unsupported'); return; }
     const pc = new RTCPeerConnection();
     this.pc = pc;
     this.connectAt = performance.now();
@@ -481,6 +491,8 @@ export class VitrinePlayer extends HTMLElement {
         if (this.pinned && (msg.ids || []).includes(this.pinned.id)) this.showPinned(null);
         break;
       case 'reactions': this.floatReactions(msg.counts); break;
+      // Counts due at the same tick as chat ride in the chat message.
+      case 'chat': if (msg.reactions) this.floatReactions(msg.reactions); break;
     }
   }
 
