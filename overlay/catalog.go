@@ -69,8 +69,14 @@ func (ip ProductInput) Product() Product {
 // error listing the bad rows (each a *RowError), so an import is never partial.
 func ParseCatalogJSON(r io.Reader) ([]Product, error) {
 	var raw []json.RawMessage
-	if err := json.NewDecoder(r).Decode(&raw); err != nil {
+	dec := json.NewDecoder(r)
+	if err := dec.Decode(&raw); err != nil {
 		return nil, fmt.Errorf("catalog: not a JSON array of products: %w", err)
+	}
+	// One array and nothing after it: a second array (two files pasted
+	// together) must not be dropped without a word.
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("catalog: not a JSON array of products: data after the array")
 	}
 	if len(raw) > MaxImportRows {
 		return nil, fmt.Errorf("catalog: %d products, at most %d per import", len(raw), MaxImportRows)

@@ -25,8 +25,10 @@ type RunOfShow struct {
 const MaxRunOfShow = 500
 
 // LoadRunOfShow replaces the run-of-show (stopping one that runs). Offsets
-// must not decrease and the cue types must be known; products are checked
-// when each cue fires, since stock and the catalog change during a show.
+// must not decrease and each cue must pass the checks that need neither the
+// catalog nor the show (checkCue: a known type, its fields in range);
+// products are checked when each cue fires, since stock and the catalog
+// change during a show.
 func (s *Show) LoadRunOfShow(ctx context.Context, cues []TimedCue) (RunOfShow, error) {
 	if len(cues) == 0 || len(cues) > MaxRunOfShow {
 		return RunOfShow{}, fmt.Errorf("%w: a run-of-show has 1 to %d cues", ErrBadCue, MaxRunOfShow)
@@ -37,6 +39,9 @@ func (s *Show) LoadRunOfShow(ctx context.Context, cues []TimedCue) (RunOfShow, e
 		case CueShowCard, CueHideCard, CueSaleStart, CueSaleEnd, CueCustom:
 		default:
 			return RunOfShow{}, fmt.Errorf("%w: cue %d: unknown type %q", ErrBadCue, i+1, c.Cue.Type)
+		}
+		if err := checkCue(c.Cue); err != nil {
+			return RunOfShow{}, fmt.Errorf("cue %d: %w", i+1, err)
 		}
 		if c.OffsetMS < last || c.OffsetMS > 24*3600*1000 {
 			return RunOfShow{}, fmt.Errorf("%w: cue %d: offset_ms must not decrease and stay within 24 h", ErrBadCue, i+1)

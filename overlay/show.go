@@ -362,8 +362,8 @@ func (s *Show) broadcast(m Message) {
 func (s *Show) Cue(ctx context.Context, req CueRequest) (Message, error) {
 	start := time.Now()
 	m := Message{V: 1, Type: req.Type}
-	if req.LeadMS < 0 || req.LeadMS > 60_000 {
-		return m, fmt.Errorf("%w: lead_ms must be 0-60000", ErrBadCue)
+	if err := checkCue(req); err != nil {
+		return m, err
 	}
 	if req.ClickTime != 0 {
 		if at, ok := s.clock.At(time.UnixMilli(req.ClickTime)); ok {
@@ -401,6 +401,38 @@ func (s *Show) Cue(ctx context.Context, req CueRequest) (Message, error) {
 	s.cfg.Metrics.cueLag.Observe(time.Since(start).Seconds())
 	s.cfg.Log.Info("cue", "stream", s.stream, "type", req.Type, "sku", req.SKU, "id", m.ID, "at_source", m.AtSource)
 	return m, nil
+}
+
+// checkCue makes the checks of a cue that need neither the catalog nor the
+// show's state: a run-of-show is refused at load time for what would make
+// a cue fail whenever it fires.
+func checkCue(req CueRequest) error {
+	if req.LeadMS < 0 || req.LeadMS > 60_000 {
+		return fmt.Errorf("%w: lead_ms must be 0-60000", ErrBadCue)
+	}
+	switch req.Type {
+	case CueShowCard:
+	case CueHideCard, CueSaleEnd:
+		return nil
+	case CueSaleStart:
+		if req.DurationSec < 1 || req.DurationSec > 24*3600 {
+			return fmt.Errorf("%w: duration_s must be 1-86400", ErrBadCue)
+		}
+		if req.Units < 0 || req.Units > MaxStock || req.PriceMinor < 0 || req.PriceMinor > MaxPriceMinor {
+			return fmt.Errorf("%w: units and price_minor must be positive and in range", ErrBadCue)
+		}
+	case CueCustom:
+		if len(req.Data) == 0 || len(req.Data) > MaxCustomCue || !json.Valid(req.Data) {
+			return fmt.Errorf("%w: data must be valid JSON of at most %d bytes", ErrBadCue, MaxCustomCue)
+		}
+		return nil
+	default:
+		return fmt.Errorf("%w: type must be one of card.show, card.hide, sale.start, sale.end, custom", ErrBadCue)
+	}
+	if err := validateSKU("sku", req.SKU); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadCue, err)
+	}
+	return nil
 }
 
 func (s *Show) cueID() string {

@@ -30,6 +30,11 @@ func parseSDPFrag(body string) (*sdpFrag, error) {
 		if len(line) < 2 || line[1] != '=' {
 			return nil, fmt.Errorf("line %d is not an SDP line: %q", i+1, truncate(line, 40))
 		}
+		// A CR ends a line only before its LF (RFC 8866 section 5); inside
+		// one it would reach pion in a candidate or a credential.
+		if strings.ContainsRune(line, '\r') {
+			return nil, fmt.Errorf("line %d has a CR inside it: %q", i+1, truncate(line, 40))
+		}
 		switch {
 		case strings.HasPrefix(line, "m="):
 			sections++
@@ -57,7 +62,29 @@ func parseSDPFrag(body string) (*sdpFrag, error) {
 	if f.ufrag == "" && len(f.candidates) == 0 && !strings.Contains(body, "a=end-of-candidates") {
 		return nil, errors.New("no ICE credentials or candidates in the sdpfrag")
 	}
+	// The credentials go into the restart offer pion parses, and pion takes
+	// a remote ufrag or password as it comes (a bare CR, spaces, any byte).
+	for _, c := range []struct{ name, v string }{{"a=ice-ufrag", f.ufrag}, {"a=ice-pwd", f.pwd}} {
+		if c.v != "" && !iceChars(c.v) {
+			return nil, fmt.Errorf("%s must be 1 to 256 ice-chars (letters, digits, '+' and '/'; RFC 8839), got %q", c.name, truncate(c.v, 40))
+		}
+	}
 	return f, nil
+}
+
+// iceChars reports whether s is 1 to 256 ice-chars (RFC 8839 section 5.4):
+// what an ICE username fragment and password are made of.
+func iceChars(s string) bool {
+	if s == "" || len(s) > 256 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '+' || c == '/') {
+			return false
+		}
+	}
+	return true
 }
 
 func truncate(s string, n int) string {
