@@ -55,6 +55,8 @@ func TestBadInput(t *testing.T) {
 		{"create duplicate", "POST", "/api/v1/streams", admin, "application/json", `{"name":"demo"}`, 409, "stream_exists"},
 		{"create bad json", "POST", "/api/v1/streams", admin, "application/json", `{"name":`, 400, "invalid_json"},
 		{"create unknown field", "POST", "/api/v1/streams", admin, "application/json", `{"nmae":"x"}`, 400, "invalid_json"},
+		{"create two bodies", "POST", "/api/v1/streams", admin, "application/json", `{"name":"twice"}{"name":"again"}`, 400, "invalid_json"},
+		{"create trailing brace", "POST", "/api/v1/streams", admin, "application/json", `{"name":"brace"}}`, 400, "invalid_json"},
 		{"create short key", "POST", "/api/v1/streams", admin, "application/json", `{"name":"x","key":"short"}`, 400, "invalid"},
 		{"delete unknown stream", "DELETE", "/api/v1/streams/nope", admin, "", "", 404, "unknown_stream"},
 		{"status unknown stream", "GET", "/api/v1/streams/nope", "", "", "", 404, "unknown_stream"},
