@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -111,50 +110,18 @@ func TestSQLiteDiskFull(t *testing.T) {
 		t.Fatalf("sale.start: %d %v", code, out)
 	}
 
-	// post sends one request until it gets an answer other than 503 (at
-	// most 60 tries), as a player does, and counts the 503s by phase and
-	// route. Any answer but 200 and 503 is a failure.
+	// post counts the 503s by phase and route ("full buy", ...).
 	const before, full, after = 0, 1, 2
+	phases := [3]string{"before", "full", "after"}
 	var phase atomic.Int32
-	var statsMu sync.Mutex
-	unavailable := [3]int{}
-	unavailableBy := map[string]int{} // "buy" or "confirm" -> 503s
-	var other []string
+	var c storeClient
 	post := func(what, url, viewer, body string) (int, map[string]any, http.Header) {
-		for range 60 {
-			req, _ := http.NewRequest("POST", url, strings.NewReader(body))
-			req.Header.Set("Content-Type", "application/json")
-			if viewer != "" {
-				req.Header.Set("Vitrine-Viewer", viewer)
-			}
-			res, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Errorf("POST %s: %v", url, err)
-				return 0, nil, nil
-			}
-			var out map[string]any
-			raw, _ := io.ReadAll(res.Body)
-			res.Body.Close()
-			_ = json.Unmarshal(raw, &out)
-			if res.StatusCode != 503 {
-				if res.StatusCode != 200 {
-					statsMu.Lock()
-					other = append(other, fmt.Sprintf("%s: %d %s", what, res.StatusCode, raw))
-					statsMu.Unlock()
-				}
-				return res.StatusCode, out, res.Header
-			}
-			statsMu.Lock()
-			unavailable[phase.Load()]++
-			unavailableBy[what]++
-			statsMu.Unlock()
-			if res.Header.Get("Retry-After") == "" || errCode(out) != "store_unavailable" {
-				t.Errorf("%s: 503 without Retry-After or code store_unavailable: %s", what, raw)
-			}
-			time.Sleep(200 * time.Millisecond) // shorter than Retry-After, to see the disk come back soon
-		}
-		t.Errorf("POST %s: still 503 after 60 tries", url)
-		return 0, nil, nil
+		return c.post(t, phases[phase.Load()]+" "+what, url, viewer, body)
+	}
+	unavailable := func(ph int) int {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.unavailable[phases[ph]+" buy"] + c.unavailable[phases[ph]+" confirm"]
 	}
 
 	// 8 buyers buy and confirm in a loop, each buy with a fresh key,
@@ -248,9 +215,7 @@ func TestSQLiteDiskFull(t *testing.T) {
 	// The store must notice: wait for the first 503, then keep the disk full
 	// a second more.
 	eventually(t, "a buy or confirm answered 503 on the full disk", 10*time.Second, func() bool {
-		statsMu.Lock()
-		defer statsMu.Unlock()
-		return unavailable[full] > 0
+		return unavailable(full) > 0
 	})
 	t.Logf("first 503 %s after the disk filled", time.Since(fullAt).Round(time.Millisecond))
 	time.Sleep(time.Second)
@@ -271,18 +236,19 @@ func TestSQLiteDiskFull(t *testing.T) {
 	eventually(t, "20 orders confirmed after the disk was freed", 15*time.Second, func() bool { return count(after) >= 20 })
 	stopBuyers()
 
-	statsMu.Lock()
+	c.mu.Lock()
+	buy503 := c.unavailable["full buy"] + c.unavailable["after buy"] + c.unavailable["before buy"]
+	confirm503 := c.unavailable["full confirm"] + c.unavailable["after confirm"] + c.unavailable["before confirm"]
+	other := c.other
+	c.mu.Unlock()
 	t.Logf("orders confirmed: %d before, %d while full, %d after; 503s: %d before, %d while full, %d after (%d buys, %d confirms)",
-		confirmedIn[before], confirmedIn[full], confirmedIn[after], unavailable[before], unavailable[full], unavailable[after],
-		unavailableBy["buy"], unavailableBy["confirm"])
-	if unavailable[before] > 0 {
-		t.Errorf("%d answers 503 before the disk was full", unavailable[before])
+		confirmedIn[before], confirmedIn[full], confirmedIn[after], unavailable(before), unavailable(full), unavailable(after), buy503, confirm503)
+	if n := unavailable(before); n > 0 {
+		t.Errorf("%d answers 503 before the disk was full", n)
 	}
 	if len(other) > 0 {
 		t.Errorf("%d answers other than 200 and 503, first: %s", len(other), other[0])
 	}
-	buy503, confirm503 := unavailableBy["buy"], unavailableBy["confirm"]
-	statsMu.Unlock()
 
 	// What an operator sees: a log line that names the full disk, and the
 	// failures in /metrics.

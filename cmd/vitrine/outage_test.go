@@ -77,45 +77,9 @@ func TestPostgresRestartDuringFlashSale(t *testing.T) {
 		t.Fatalf("sale.start: %d %v", code, out)
 	}
 
-	// post sends one request until it gets an answer other than 503 (at
-	// most 60 tries), honouring Retry-After, as a player does. It counts
-	// the 503s and fails the test on any other surprise.
-	var statsMu sync.Mutex
-	unavailable, other := 0, []string{}
+	var c storeClient
 	post := func(url, viewer, body string) (int, map[string]any, http.Header) {
-		for range 60 {
-			req, _ := http.NewRequest("POST", url, strings.NewReader(body))
-			req.Header.Set("Content-Type", "application/json")
-			if viewer != "" {
-				req.Header.Set("Vitrine-Viewer", viewer)
-			}
-			res, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Errorf("POST %s: %v", url, err)
-				return 0, nil, nil
-			}
-			var out map[string]any
-			raw, _ := io.ReadAll(res.Body)
-			res.Body.Close()
-			_ = json.Unmarshal(raw, &out)
-			if res.StatusCode != 503 {
-				if res.StatusCode != 200 {
-					statsMu.Lock()
-					other = append(other, fmt.Sprintf("%d %s", res.StatusCode, raw))
-					statsMu.Unlock()
-				}
-				return res.StatusCode, out, res.Header
-			}
-			statsMu.Lock()
-			unavailable++
-			statsMu.Unlock()
-			if res.Header.Get("Retry-After") == "" || errCode(out) != "store_unavailable" {
-				t.Errorf("503 without Retry-After or code: %s", raw)
-			}
-			time.Sleep(200 * time.Millisecond) // shorter than Retry-After, to probe the outage often
-		}
-		t.Errorf("POST %s: still 503 after 60 tries", url)
-		return 0, nil, nil
+		return c.post(t, "", url, viewer, body)
 	}
 
 	// 8 buyers buy and confirm in a loop; PostgreSQL goes down 1 s in.
@@ -162,7 +126,9 @@ func TestPostgresRestartDuringFlashSale(t *testing.T) {
 	close(stop)
 	wg.Wait()
 
-	statsMu.Lock()
+	c.mu.Lock()
+	unavailable, other := c.unavailable[""], c.other
+	c.mu.Unlock()
 	t.Logf("%d answers 503 during the outage; %d orders confirmed", unavailable, len(confirmed))
 	if unavailable == 0 {
 		t.Error("no 503 while PostgreSQL was down: the outage was not seen")
@@ -170,7 +136,6 @@ func TestPostgresRestartDuringFlashSale(t *testing.T) {
 	if len(other) > 0 {
 		t.Errorf("%d answers other than 200 and 503, first: %s", len(other), other[0])
 	}
-	statsMu.Unlock()
 
 	// What the store holds is exactly what buyers were told.
 	ctx := context.Background()
@@ -200,4 +165,56 @@ func TestPostgresRestartDuringFlashSale(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// storeClient sends buys and confirms as a player meets a store outage:
+// one request until the answer is not 503, at most 60 tries 200 ms apart
+// (shorter than Retry-After, to see the store come back soon). Every 503
+// must carry Retry-After and the code store_unavailable. It counts the
+// 503s by a label of the caller's, and keeps answers other than 200 and
+// 503.
+type storeClient struct {
+	mu          sync.Mutex
+	unavailable map[string]int
+	other       []string
+}
+
+func (c *storeClient) post(t *testing.T, label, url, viewer, body string) (int, map[string]any, http.Header) {
+	for range 60 {
+		req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		if viewer != "" {
+			req.Header.Set("Vitrine-Viewer", viewer)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Errorf("POST %s: %v", url, err)
+			return 0, nil, nil
+		}
+		var out map[string]any
+		raw, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		_ = json.Unmarshal(raw, &out)
+		c.mu.Lock()
+		switch res.StatusCode {
+		case 503:
+			if c.unavailable == nil {
+				c.unavailable = map[string]int{}
+			}
+			c.unavailable[label]++
+		case 200:
+		default:
+			c.other = append(c.other, fmt.Sprintf("%s %s: %d %s", label, url, res.StatusCode, raw))
+		}
+		c.mu.Unlock()
+		if res.StatusCode != 503 {
+			return res.StatusCode, out, res.Header
+		}
+		if res.Header.Get("Retry-After") == "" || errCode(out) != "store_unavailable" {
+			t.Errorf("%s: 503 without Retry-After or code store_unavailable: %s", url, raw)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Errorf("POST %s: still 503 after 60 tries", url)
+	return 0, nil, nil
 }
