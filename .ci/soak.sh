@@ -126,12 +126,13 @@ for line in open(f"{out}/buys.csv"):
     codes[code] = codes.get(code, 0) + 1
 print("buys by HTTP status:", ", ".join(f"{c}: {n}" for c, n in sorted(codes.items())))
 
-# The plot: each figure over its average after the settling time (1 = flat),
-# the band of +-10 %, and each viewer round's loss on the right scale.
+# The plot: each figure over its average after the settling time (1 = flat;
+# goroutines dip when a sample falls between two viewer rounds), the band of
+# +-10 %, and each viewer round's loss on the right scale.
 W, H, L, R, T, B = 720, 300, 50, 60, 20, 40
 span = max(int(r["t_s"]) for r in rows) or 1
 x = lambda t: L + (W - L - R) * t / span
-y = lambda v: T + (H - T - B) * (1.3 - v) / 0.6  # 0.7 .. 1.3
+y = lambda v: T + (H - T - B) * (1.3 - min(max(v, 0.7), 1.3)) / 0.6  # 0.7 .. 1.3, clipped
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
        f'<rect x="{L}" y="{y(1.1):.1f}" width="{W - L - R}" height="{y(0.9) - y(1.1):.1f}" fill="#eef6ee"/>']
 for v in (0.7, 0.9, 1.0, 1.1, 1.3):
@@ -144,7 +145,7 @@ for i, (col, color) in enumerate(colors.items()):
     base = sum(early) / len(early)
     pts = " ".join(f"{x(int(r['t_s'])):.1f},{y(float(r[col]) / base):.1f}" for r in rows)
     svg.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"/>')
-    svg.append(f'<text x="{L + 10 + i * 150}" y="{T - 6}" fill="{color}">{col} / average after {settle // 60} min</text>')
+    svg.append(f'<text x="{L + i * 200}" y="{T - 6}" fill="{color}">{col} / its average after {settle // 60} min</text>')
 start = min(int(l.split(",")[0]) for l in open(f"{out}/buys.csv")) if codes else 0
 for r in csv.DictReader(open(f"{out}/rounds.csv")):
     t = int(r["round_end"]) - start
