@@ -3,13 +3,13 @@ package main
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -76,24 +76,7 @@ func TestSQLiteDiskFull(t *testing.T) {
 		return int64(st.Bavail) * st.Bsize
 	}
 
-	var hookMu sync.Mutex
-	hooked := map[string]bool{} // order ids of order.confirmed events received
-	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var ev struct {
-			Type string `json:"type"`
-			Data struct {
-				Order overlay.Order `json:"order"`
-			} `json:"data"`
-		}
-		_ = json.NewDecoder(r.Body).Decode(&ev)
-		if ev.Type == overlay.EventOrderConfirmed {
-			hookMu.Lock()
-			hooked[ev.Data.Order.ID] = true
-			hookMu.Unlock()
-		}
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	defer hook.Close()
+	hook := newConfirmHook(t)
 	tap := &logTap{TB: t}
 	withData := func(c *Config) {
 		c.Data = data
@@ -327,14 +310,7 @@ func TestSQLiteDiskFull(t *testing.T) {
 	status := checkStore(a.store)
 
 	eventually(t, "the webhook gets every confirmed order", 20*time.Second, func() bool {
-		hookMu.Lock()
-		defer hookMu.Unlock()
-		for id := range confirmed {
-			if !hooked[id] {
-				return false
-			}
-		}
-		return true
+		return hook.hasAll(slices.Collect(maps.Keys(confirmed)))
 	})
 
 	// Stop the server; the file passes SQLite's own check.

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -47,23 +49,7 @@ func ownPostgres(t *testing.T) (dsn, dir string) {
 // drains.
 func TestPostgresRestartDuringFlashSale(t *testing.T) {
 	dsn, dir := ownPostgres(t)
-	var hookMu sync.Mutex
-	confirmedHooks := map[string]bool{}
-	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var ev struct {
-			Type string `json:"type"`
-			Data struct {
-				Order overlay.Order `json:"order"`
-			} `json:"data"`
-		}
-		_ = json.NewDecoder(r.Body).Decode(&ev)
-		if ev.Type == overlay.EventOrderConfirmed {
-			hookMu.Lock()
-			confirmedHooks[ev.Data.Order.ID] = true
-			hookMu.Unlock()
-		}
-	}))
-	defer hook.Close()
+	hook := newConfirmHook(t)
 	a, base := testApp(t, func(c *Config) {
 		c.Store = dsn
 		c.Commerce.WebhookURL, c.Commerce.WebhookSecret = hook.URL, "outage-webhook-secret"
@@ -156,14 +142,7 @@ func TestPostgresRestartDuringFlashSale(t *testing.T) {
 		t.Errorf("%d confirmed orders stored, %d confirmations answered", stored, len(confirmed))
 	}
 	eventually(t, "the webhook gets every confirmed order", 20*time.Second, func() bool {
-		hookMu.Lock()
-		defer hookMu.Unlock()
-		for id := range confirmed {
-			if !confirmedHooks[id] {
-				return false
-			}
-		}
-		return true
+		return hook.hasAll(slices.Collect(maps.Keys(confirmed)))
 	})
 }
 
@@ -217,4 +196,45 @@ func (c *storeClient) post(t *testing.T, label, url, viewer, body string) (int, 
 	}
 	t.Errorf("POST %s: still 503 after 60 tries", url)
 	return 0, nil, nil
+}
+
+// confirmHook is a merchant's webhook receiver that keeps the ids of the
+// orders its order.confirmed events name.
+type confirmHook struct {
+	*httptest.Server
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+func newConfirmHook(t *testing.T) *confirmHook {
+	h := &confirmHook{seen: map[string]bool{}}
+	h.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ev struct {
+			Type string `json:"type"`
+			Data struct {
+				Order overlay.Order `json:"order"`
+			} `json:"data"`
+		}
+		_ = json.NewDecoder(r.Body).Decode(&ev)
+		if ev.Type == overlay.EventOrderConfirmed {
+			h.mu.Lock()
+			h.seen[ev.Data.Order.ID] = true
+			h.mu.Unlock()
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(h.Close)
+	return h
+}
+
+// hasAll reports whether every one of the orders was in an event.
+func (h *confirmHook) hasAll(ids []string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, id := range ids {
+		if !h.seen[id] {
+			return false
+		}
+	}
+	return true
 }
