@@ -124,8 +124,8 @@ func offerPayloadTypes(offer *sdp.SessionDescription, prefs []webrtc.RTPCodecPar
 	var codecs []offered
 	for _, f := range video.MediaName.Formats {
 		pt, err := strconv.Atoi(f)
-		if err != nil {
-			continue
+		if err != nil || pt < 0 || pt > 127 {
+			continue // RTP payload types are 7 bits: 877 must not become 109
 		}
 		c, err := offer.GetCodecForPayloadType(uint8(pt))
 		if err != nil {
