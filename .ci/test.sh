@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Vitrine's whole test suite, on a machine that has only Go: installs what the
 # tests need from Debian (ffmpeg for the test clips, PostgreSQL for the store,
-# nats-server for the cluster),
+# nats-server for the cluster, pebble for ACME),
 # starts a throwaway PostgreSQL on 127.0.0.1, checks formatting and vet, then
 # runs every test with the race detector.
 set -euo pipefail
@@ -16,6 +16,7 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v npm >/dev/null || need+=(nodejs npm)
 command -v ip >/dev/null || need+=(iproute2)
 [[ -x /usr/sbin/nats-server ]] || need+=(nats-server)
+command -v pebble >/dev/null || need+=(pebble)
 if ((${#need[@]})); then
 	sudo=""
 	[[ $(id -u) -eq 0 ]] || sudo=sudo

@@ -115,6 +115,10 @@ type Config struct {
 		KeyFile     string   `yaml:"key_file"`
 		ACMEDomains []string `yaml:"acme_domains"`
 		ACMEEmail   string   `yaml:"acme_email"`
+		// ACMEDirectory is the ACME server's directory URL; "" = Let's
+		// Encrypt. Its TLS certificate must be trusted by the system (or
+		// by SSL_CERT_FILE, for a private ACME server).
+		ACMEDirectory string `yaml:"acme_directory"`
 		// ACMEHTTP answers ACME's HTTP challenge and redirects plain HTTP
 		// to HTTPS, with ACME on; "" = off.
 		ACMEHTTP string `yaml:"acme_http"`
@@ -268,6 +272,7 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 	if v := getenv("VITRINE_TLS_ACME_DOMAINS"); v != "" {
 		c.TLS.ACMEDomains = strings.Split(v, ",")
 	}
+	envString("VITRINE_TLS_ACME_DIRECTORY", &c.TLS.ACMEDirectory)
 	if v := getenv("VITRINE_TRUSTED_PROXIES"); v != "" {
 		c.TrustedProxies = strings.Split(v, ",")
 	}
@@ -320,6 +325,8 @@ func loadConfig(args []string, getenv func(string) string) (Config, error) {
 		return c, fmt.Errorf("tls.cert_file and tls.key_file go together (VITRINE_TLS_CERT_FILE, VITRINE_TLS_KEY_FILE)")
 	case c.TLS.CertFile != "" && len(c.TLS.ACMEDomains) > 0:
 		return c, fmt.Errorf("tls: a certificate from files or from ACME (tls.acme_domains), not both")
+	case c.TLS.ACMEDirectory != "" && !strings.HasPrefix(c.TLS.ACMEDirectory, "https://"):
+		return c, fmt.Errorf("tls.acme_directory %q: want the https:// URL of an ACME directory", c.TLS.ACMEDirectory)
 	}
 	if _, err := c.trustedProxies(); err != nil {
 		return c, err

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/crypto/acme"
 	"golang.org/x/crypto/acme/autocert"
 )
 
@@ -39,6 +40,11 @@ func tlsFor(cfg Config, log *slog.Logger) (conf *tls.Config, stop func(), err er
 			Cache:      autocert.DirCache(filepath.Join(cfg.Data, "acme")),
 			Email:      cfg.TLS.ACMEEmail,
 		}
+		directory := cfg.TLS.ACMEDirectory
+		if directory == "" {
+			directory = autocert.DefaultACMEDirectory
+		}
+		m.Client = &acme.Client{DirectoryURL: directory}
 		if cfg.TLS.ACMEHTTP != "" {
 			ln, err := net.Listen("tcp", cfg.TLS.ACMEHTTP)
 			if err != nil {
@@ -54,7 +60,7 @@ func tlsFor(cfg Config, log *slog.Logger) (conf *tls.Config, stop func(), err er
 		}
 		conf := m.TLSConfig()
 		conf.MinVersion = tls.VersionTLS12
-		log.Info("tls: certificates from Let's Encrypt", "domains", domains, "cache", filepath.Join(cfg.Data, "acme"))
+		log.Info("tls: certificates from ACME", "directory", directory, "domains", domains, "cache", filepath.Join(cfg.Data, "acme"))
 		return conf, stop, nil
 	}
 	return nil, stop, nil

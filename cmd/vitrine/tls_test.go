@@ -40,6 +40,9 @@ func testCert(t *testing.T, dir, name string) (certFile, keyFile string, pool *x
 	leaf := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	if ip := net.ParseIP(name); ip != nil {
+		leaf.DNSNames, leaf.IPAddresses = nil, []net.IP{ip}
+	}
 	der, err := x509.CreateCertificate(rand.Reader, leaf, caCert, &key.PublicKey, caKey)
 	if err != nil {
 		t.Fatal(err)
@@ -158,6 +161,7 @@ func TestTLSConfigErrors(t *testing.T) {
 	for _, e := range []func(string) string{
 		env("VITRINE_TLS_CERT_FILE", "/x/cert.pem"),
 		env("VITRINE_TLS_CERT_FILE", "/x/cert.pem", "VITRINE_TLS_KEY_FILE", "/x/key.pem", "VITRINE_TLS_ACME_DOMAINS", "shop.example"),
+		env("VITRINE_TLS_ACME_DOMAINS", "shop.example", "VITRINE_TLS_ACME_DIRECTORY", "http://acme.example/dir"),
 	} {
 		if _, err := loadConfig(nil, e); err == nil || !strings.Contains(err.Error(), "tls") {
 			t.Errorf("loadConfig: %v, want a tls error", err)
