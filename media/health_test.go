@@ -1,9 +1,12 @@
 package media
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -235,5 +238,21 @@ func TestReplacedSessionLeavesTranscodeAlone(t *testing.T) {
 	}
 	if v := value(t, reg, "vitrine_video_transcodes_active", map[string]string{"stream": "shop"}); v != 0 {
 		t.Errorf("vitrine_video_transcodes_active = %v after the end, want 0", v)
+	}
+}
+
+// TestPionLogLevels: a leaving viewer's last packets written into its
+// closed connection are a debug line, not a warning every operator reads;
+// pion's other errors stay warnings.
+func TestPionLogLevels(t *testing.T) {
+	var out bytes.Buffer
+	logs := pionLoggers{log: slog.New(slog.NewTextHandler(&out, &slog.HandlerOptions{Level: slog.LevelWarn}))}.NewLogger("udpmux")
+	logs.Errorf("Failed to write packet: %v", fmt.Errorf("buffer: %w", io.ErrClosedPipe))
+	if out.Len() != 0 {
+		t.Errorf("a write into a closed pipe logged a warning: %s", out.String())
+	}
+	logs.Errorf("Failed to write packet: %v", errors.New("no buffer space"))
+	if !strings.Contains(out.String(), "level=WARN") || !strings.Contains(out.String(), "no buffer space") {
+		t.Errorf("another pion error: %q, want a warning", out.String())
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strconv"
@@ -328,7 +329,9 @@ func answer(ctx context.Context, pc *webrtc.PeerConnection) (string, error) {
 
 // pionLoggers routes pion's logs into slog one level down: pion warns about
 // routine events (a closed candidate at the end of every session), which are
-// debug lines for an operator; its errors are warnings.
+// debug lines for an operator; its errors are warnings, except a write into
+// a closed pipe: the UDP mux hands a leaving viewer's last packets to its
+// closed connection, which is also the end of a session.
 type pionLoggers struct{ log *slog.Logger }
 
 func (f pionLoggers) NewLogger(scope string) logging.LeveledLogger {
@@ -349,5 +352,11 @@ func (l pionLogger) Warnf(f string, a ...any) {
 }
 func (l pionLogger) Error(msg string) { l.log.Warn(msg) }
 func (l pionLogger) Errorf(f string, a ...any) {
+	for _, v := range a {
+		if err, ok := v.(error); ok && errors.Is(err, io.ErrClosedPipe) {
+			l.log.Debug(fmt.Sprintf(f, a...))
+			return
+		}
+	}
 	l.log.Warn(fmt.Sprintf(f, a...))
 }
