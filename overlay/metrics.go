@@ -1,6 +1,10 @@
 package overlay
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Metrics are the commerce collectors, registered on the registry handed to
 // NewMetrics.
@@ -12,10 +16,12 @@ type Metrics struct {
 	buys        *prometheus.CounterVec
 	buyLatency  prometheus.Histogram
 	orders      prometheus.Counter
-	revenue     *prometheus.CounterVec
-	unitsLeft   *prometheus.GaugeVec
-	Webhooks    *prometheus.CounterVec
-	OutboxDepth prometheus.Gauge
+	// confirmFailures counts confirms that made no order, by reason.
+	confirmFailures *prometheus.CounterVec
+	revenue         *prometheus.CounterVec
+	unitsLeft       *prometheus.GaugeVec
+	Webhooks        *prometheus.CounterVec
+	OutboxDepth     prometheus.Gauge
 	// StoreErrors counts failed store calls made outside a buyer's request
 	// (those count as vitrine_buy_attempts_total{result="error"}).
 	StoreErrors *prometheus.CounterVec
@@ -42,6 +48,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}}),
 		orders: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "vitrine_orders_confirmed_total", Help: "Orders confirmed."}),
+		confirmFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitrine_confirm_failures_total", Help: "Confirms that made no order, by reason (the API's error code): reservation_expired, unknown_order, foreign_order, order_closed, store_unavailable."}, []string{"reason"}),
 		revenue: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vitrine_revenue_minor_total", Help: "Confirmed revenue in minor units (cents), by currency."}, []string{"currency"}),
 		unitsLeft: prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -56,15 +64,35 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{OutcomeReserved, OutcomeSoldOut, OutcomeLimitReached, OutcomeSaleOver, OutcomeUnknownProduct, OutcomeInactive, "invalid", "error"} {
 		m.buys.WithLabelValues(r)
 	}
+	for _, r := range []string{"reservation_expired", "unknown_order", "foreign_order", "order_closed", "store_unavailable"} {
+		m.confirmFailures.WithLabelValues(r)
+	}
 	for _, r := range []string{"delivered", "failed"} {
 		m.Webhooks.WithLabelValues(r)
 	}
 	for _, op := range []string{"expire_reservations", "outbox_depth", "prune", "end_sale", "run_of_show"} {
 		m.StoreErrors.WithLabelValues(op)
 	}
-	reg.MustRegister(m.cues, m.cueLag, m.messages, m.subscribers, m.buys, m.buyLatency, m.orders, m.revenue, m.unitsLeft,
+	reg.MustRegister(m.cues, m.cueLag, m.messages, m.subscribers, m.buys, m.buyLatency, m.orders, m.confirmFailures, m.revenue, m.unitsLeft,
 		m.Webhooks, m.OutboxDepth, m.StoreErrors)
 	return m
+}
+
+// confirmFailed counts a confirm that made no order: a buyer slower than
+// the reservation, a stale or foreign order id, or the store failing.
+func (m *Metrics) confirmFailed(err error) {
+	reason := "store_unavailable"
+	switch {
+	case errors.Is(err, ErrReservationExpired):
+		reason = "reservation_expired"
+	case errors.Is(err, ErrNotFound):
+		reason = "unknown_order"
+	case errors.Is(err, ErrForeignViewer):
+		reason = "foreign_order"
+	case errors.Is(err, ErrOrderClosed):
+		reason = "order_closed"
+	}
+	m.confirmFailures.WithLabelValues(reason).Inc()
 }
 
 func (m *Metrics) orderConfirmed(o Order) {

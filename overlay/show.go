@@ -659,6 +659,7 @@ func confirm(ctx context.Context, cfg ShowConfig, viewer, orderID string) (Order
 	now := cfg.Now()
 	o, err := cfg.Store.Confirm(ctx, orderID, viewer, now)
 	if err != nil {
+		cfg.Metrics.confirmFailed(err)
 		return o, err
 	}
 	// Confirming twice returns the order unchanged: count it only when this

@@ -249,6 +249,9 @@ func TestSQLiteDiskFull(t *testing.T) {
 	if v := metricValue(t, base, `vitrine_http_requests_total{code="503",route="/api/v1/orders/{order}/confirm"}`); int(v) != confirm503 {
 		t.Errorf("vitrine_http_requests_total of 503 confirms = %v, buyers got %d", v, confirm503)
 	}
+	if v := metricValue(t, base, `vitrine_confirm_failures_total{reason="store_unavailable"}`); int(v) != confirm503 {
+		t.Errorf("vitrine_confirm_failures_total{reason=\"store_unavailable\"} = %v, buyers got %d 503 confirms", v, confirm503)
+	}
 
 	// The store holds exactly what buyers were told, once each, and the
 	// units add up.

@@ -442,7 +442,11 @@ func TestOverlayHTTP(t *testing.T) {
 	if c := confirm(token); c != 200 {
 		t.Errorf("confirm: %d", c)
 	}
-	if !strings.Contains(get(t, base+"/metrics"), `vitrine_orders_confirmed_total 1`) {
+	metrics := get(t, base+"/metrics")
+	if !strings.Contains(metrics, `vitrine_orders_confirmed_total 1`) {
 		t.Error("confirmed order not counted in metrics")
+	}
+	if !strings.Contains(metrics, `vitrine_confirm_failures_total{reason="foreign_order"} 1`) {
+		t.Error("the confirm by another viewer is not counted as a foreign_order failure")
 	}
 }
