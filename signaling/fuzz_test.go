@@ -71,7 +71,7 @@ func FuzzViewerMessage(f *testing.F) {
 	}
 	defer room.Close()
 	f.Fuzz(func(t *testing.T, raw []byte) {
-		vs := viewerSession{show: show, room: room, who: identity{viewer: "v1"}, charged: new(bool), ip: "192.0.2.1", q: anyQuality{}, limit: &tokenBucket{rate: 1e6, burst: 1e6}}
+		vs := viewerSession{show: show, room: room, who: identity{viewer: "v1"}, charged: new(bool), ip: "192.0.2.1", q: anyQuality{}, limit: &overlay.Bucket{Rate: 1e6, Burst: 1e6}}
 		reply, ok := srv.onViewerMessage(vs, raw)
 		if ok && (reply.V != 1 || reply.Type == "") {
 			t.Fatalf("%q: reply %+v has no version or type", raw, reply)

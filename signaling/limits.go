@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vitrine-live/vitrine/overlay"
 )
 
 // Limits bound what one client address may do, so that one script cannot
@@ -43,8 +44,8 @@ type limiter struct {
 }
 
 type addrState struct {
-	requests, offers tokenBucket
-	buys, buyers     tokenBucket
+	requests, offers overlay.Bucket
+	buys, buyers     overlay.Bucket
 	sessions         int
 	streams          int
 	loggedAt         time.Time
@@ -84,16 +85,16 @@ func (l *limiter) state(ip string, now time.Time) *addrState {
 	}
 	if len(l.byAddr) >= 100_000 {
 		for k, old := range l.byAddr {
-			if old.sessions == 0 && old.streams == 0 && now.Sub(old.requests.last) > time.Minute && now.Sub(old.offers.last) > time.Minute {
+			if old.sessions == 0 && old.streams == 0 && old.requests.Full(now) && old.offers.Full(now) && old.buys.Full(now) && old.buyers.Full(now) {
 				delete(l.byAddr, k)
 			}
 		}
 	}
 	st = &addrState{
-		requests: tokenBucket{rate: l.cfg.RequestsPerSecond, burst: float64(l.cfg.RequestBurst)},
-		offers:   tokenBucket{rate: l.cfg.OffersPerMinute / 60, burst: float64(l.cfg.OfferBurst)},
-		buys:     tokenBucket{rate: l.cfg.BuysPerSecond, burst: float64(l.cfg.BuyBurst)},
-		buyers:   tokenBucket{rate: float64(l.cfg.NewBuyersPer10Min) / 600, burst: float64(l.cfg.NewBuyersPer10Min)},
+		requests: overlay.Bucket{Rate: l.cfg.RequestsPerSecond, Burst: float64(l.cfg.RequestBurst)},
+		offers:   overlay.Bucket{Rate: l.cfg.OffersPerMinute / 60, Burst: float64(l.cfg.OfferBurst)},
+		buys:     overlay.Bucket{Rate: l.cfg.BuysPerSecond, Burst: float64(l.cfg.BuyBurst)},
+		buyers:   overlay.Bucket{Rate: float64(l.cfg.NewBuyersPer10Min) / 600, Burst: float64(l.cfg.NewBuyersPer10Min)},
 	}
 	l.byAddr[ip] = st
 	return st
@@ -103,34 +104,30 @@ func (l *limiter) state(ip string, now time.Time) *addrState {
 // when the budget is spent.
 func (l *limiter) take(ip string, offer bool) time.Duration {
 	if offer {
-		return l.spend(ip, l.cfg.OffersPerMinute, func(st *addrState) *tokenBucket { return &st.offers })
+		return l.spend(ip, l.cfg.OffersPerMinute, func(st *addrState) *overlay.Bucket { return &st.offers })
 	}
-	return l.spend(ip, l.cfg.RequestsPerSecond, func(st *addrState) *tokenBucket { return &st.requests })
+	return l.spend(ip, l.cfg.RequestsPerSecond, func(st *addrState) *overlay.Bucket { return &st.requests })
 }
 
 // takeBuy spends one of ip's buys.
 func (l *limiter) takeBuy(ip string) time.Duration {
-	return l.spend(ip, l.cfg.BuysPerSecond, func(st *addrState) *tokenBucket { return &st.buys })
+	return l.spend(ip, l.cfg.BuysPerSecond, func(st *addrState) *overlay.Bucket { return &st.buys })
 }
 
 // newBuyer spends one of ip's new anonymous buyers.
 func (l *limiter) newBuyer(ip string) time.Duration {
-	return l.spend(ip, float64(l.cfg.NewBuyersPer10Min), func(st *addrState) *tokenBucket { return &st.buyers })
+	return l.spend(ip, float64(l.cfg.NewBuyersPer10Min), func(st *addrState) *overlay.Bucket { return &st.buyers })
 }
 
 // spend takes a token from one of ip's buckets (off when rate is 0).
-func (l *limiter) spend(ip string, rate float64, bucket func(*addrState) *tokenBucket) time.Duration {
+func (l *limiter) spend(ip string, rate float64, bucket func(*addrState) *overlay.Bucket) time.Duration {
 	if rate <= 0 || l.exempt(ip) {
 		return 0
 	}
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b := bucket(l.state(ip, now))
-	if b.allow(now) {
-		return 0
-	}
-	return time.Duration((1 - b.tokens) / b.rate * float64(time.Second))
+	return bucket(l.state(ip, now)).Take(now)
 }
 
 // open holds one of ip's sessions (or event streams) until release; ok is

@@ -409,7 +409,7 @@ type viewerSession struct {
 	// the store through one session. Chat and reactions have the room's own
 	// limits. (pion delivers one session's messages in order on one
 	// goroutine, so the bucket needs no lock.)
-	limit *tokenBucket
+	limit *overlay.Bucket
 }
 
 // onViewerMessage handles a message from a viewer's data channel. A bad
@@ -448,7 +448,7 @@ func (s *Server) onViewerMessage(vs viewerSession, raw []byte) (reply viewerRepl
 		}
 		return viewerReply{V: 1, Type: "chat.name.result", Name: name}, true
 	}
-	if !vs.limit.allow(time.Now()) {
+	if vs.limit.Take(time.Now()) > 0 {
 		s.metrics.badMessages.Inc()
 		return viewerReply{V: 1, Type: "error", Code: "rate_limited", Message: "too many messages; slow down"}, true
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/pion/webrtc/v4"
 	"github.com/vitrine-live/vitrine/media"
+	"github.com/vitrine-live/vitrine/overlay"
 )
 
 // session is one WHIP or WHEP resource, addressed by its Location.
@@ -108,7 +109,7 @@ func (s *Server) whepPost(w http.ResponseWriter, r *http.Request) {
 	var cancels []func()
 	var channel *media.Viewer
 	closed := false
-	vs := viewerSession{show: sh, room: room, who: who, charged: new(bool), ip: s.clientIP(r), limit: &tokenBucket{rate: 5, burst: 10}}
+	vs := viewerSession{show: sh, room: room, who: who, charged: new(bool), ip: s.clientIP(r), limit: &overlay.Bucket{Rate: 5, Burst: 10}}
 	hooks := media.ViewerHooks{
 		// On its data channel the player gets the overlay snapshot first
 		// (card, sale, stock), then who it is (a token to keep for next
@@ -412,24 +413,3 @@ func etagOf(pc *webrtc.PeerConnection) string {
 }
 
 func newSessionID() string { return media.NewID() }
-
-// tokenBucket allows burst events at once and rate per second after that.
-type tokenBucket struct {
-	rate, burst float64
-	tokens      float64
-	last        time.Time
-}
-
-func (b *tokenBucket) allow(now time.Time) bool {
-	if b.last.IsZero() {
-		b.tokens = b.burst
-	} else {
-		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
-	}
-	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
-}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"github.com/vitrine-live/vitrine/overlay"
 )
 
 // Names gives viewers their display names, server-wide: a name is unique
@@ -18,7 +20,7 @@ type Names struct {
 
 	mu    sync.Mutex
 	cache map[string]cachedName
-	ips   map[string]*bucket
+	ips   map[string]*overlay.Bucket
 }
 
 type cachedName struct {
@@ -37,7 +39,7 @@ func NewNames(store Store, perIP int, now func() time.Time) *Names {
 	if now == nil {
 		now = time.Now
 	}
-	return &Names{store: store, perIP: float64(max(perIP, 1)), now: now, cache: map[string]cachedName{}, ips: map[string]*bucket{}}
+	return &Names{store: store, perIP: float64(max(perIP, 1)), now: now, cache: map[string]cachedName{}, ips: map[string]*overlay.Bucket{}}
 }
 
 // Get returns a viewer's name, "" when it has none yet.
@@ -122,54 +124,17 @@ func (n *Names) newIdentity(ip string, now time.Time, spend bool) time.Duration 
 	if !ok {
 		if len(n.ips) >= 100_000 {
 			for k, old := range n.ips {
-				if old.full(now) {
+				if old.Full(now) {
 					delete(n.ips, k)
 				}
 			}
 		}
-		b = &bucket{rate: n.perIP / 600, burst: n.perIP}
+		b = &overlay.Bucket{Rate: n.perIP / 600, Burst: n.perIP}
 		n.ips[ip] = b
 	}
 	if !spend {
-		b.refill(now)
-		if b.tokens >= 1 {
-			return 0
-		}
-		return time.Duration((1 - b.tokens) / b.rate * float64(time.Second))
+		return b.Wait(now)
 	}
-	b.take(now)
+	b.Take(now)
 	return 0
-}
-
-// bucket is a token bucket: burst at once, rate per second after that.
-type bucket struct {
-	rate, burst float64
-	tokens      float64
-	at          time.Time
-}
-
-// take spends a token, or says how long until there is one.
-func (b *bucket) take(now time.Time) time.Duration {
-	b.refill(now)
-	if b.tokens >= 1 {
-		b.tokens--
-		return 0
-	}
-	return time.Duration((1 - b.tokens) / b.rate * float64(time.Second))
-}
-
-func (b *bucket) refill(now time.Time) {
-	if b.at.IsZero() {
-		b.tokens, b.at = b.burst, now
-		return
-	}
-	b.tokens = min(b.burst, b.tokens+now.Sub(b.at).Seconds()*b.rate)
-	b.at = now
-}
-
-// full reports whether the bucket has refilled, so forgetting it changes
-// nothing.
-func (b *bucket) full(now time.Time) bool {
-	b.refill(now)
-	return b.tokens >= b.burst
 }

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/vitrine-live/vitrine/overlay"
 )
 
 // Clock is the stream's media clock: the RTP timestamp of the newest video
@@ -141,8 +143,8 @@ type Room struct {
 
 // poster is what a room tracks of one viewer's sending.
 type poster struct {
-	msgs     bucket // 3 at once, then 1 per second
-	taps     bucket // 10 reactions per second
+	msgs     overlay.Bucket // 3 at once, then 1 per second
+	taps     overlay.Bucket // 10 reactions per second
 	lastPost time.Time
 	seen     time.Time
 }
@@ -411,7 +413,7 @@ func (r *Room) mayPost(viewer string, now time.Time) *Refusal {
 			return rf
 		}
 	}
-	if wait := p.msgs.take(now); wait > 0 {
+	if wait := p.msgs.Take(now); wait > 0 {
 		rf := refuse("rate_limited", "too many messages; slow down")
 		rf.RetryAfter = wait
 		return rf
@@ -431,7 +433,7 @@ func roundUp(d time.Duration) string {
 func (r *Room) poster(viewer string, now time.Time) *poster {
 	p, ok := r.viewers[viewer]
 	if !ok {
-		p = &poster{msgs: bucket{rate: 1, burst: 3}, taps: bucket{rate: 10, burst: 10}}
+		p = &poster{msgs: overlay.Bucket{Rate: 1, Burst: 3}, taps: overlay.Bucket{Rate: 10, Burst: 10}}
 		r.viewers[viewer] = p
 	}
 	p.seen = now
@@ -569,7 +571,7 @@ func (r *Room) React(viewer, value string) error {
 	now := r.cfg.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.state.Sanctions[viewer].Banned || r.poster(viewer, now).taps.take(now) > 0 {
+	if r.state.Sanctions[viewer].Banned || r.poster(viewer, now).taps.Take(now) > 0 {
 		r.cfg.Metrics.refused.WithLabelValues("reaction_dropped").Inc()
 		return nil
 	}
