@@ -259,6 +259,9 @@ func (s *Server) getOverlay(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "unknown_stream", ErrStreamUnknown.Error())
 		return
 	}
+	if _, ok := s.identify(w, r, def.Name, ""); !ok { // as for its events
+		return
+	}
 	sh, _, ok := s.viewerShowOr503(w, def.Name, st)
 	if !ok {
 		return

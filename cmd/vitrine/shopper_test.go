@@ -184,5 +184,11 @@ func TestShopperTokens(t *testing.T) {
 			res.Body.Close()
 		}
 		cancel()
+		req, _ = http.NewRequest("GET", strict+"/api/v1/streams/demo/overlay?shopper="+tok, nil)
+		if res, err := http.DefaultClient.Do(req); err != nil || res.StatusCode != want {
+			t.Errorf("the overlay of a private stream, token %t: %v %v, want %d", tok != "", res.StatusCode, err, want)
+		} else {
+			res.Body.Close()
+		}
 	}
 }
