@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -286,7 +287,11 @@ func checkOffer(offer string, wantKinds ...string) (*sdp.SessionDescription, err
 	return &desc, nil
 }
 
-// offerHasCodec reports whether any media section of kind lists mime.
+// offerHasCodec reports whether any media section of kind lists mime as
+// pion will read it: a payload type of the m= line (0-127) with an rtpmap
+// of that type. An rtpmap without a usable type would pass a name check and
+// leave pion with a track it cannot send ("RTPSender created with no
+// codecs": an internal error on an offer's fault).
 func offerHasCodec(desc *sdp.SessionDescription, kind, mime string) bool {
 	name := strings.TrimPrefix(strings.ToLower(mime), kind+"/")
 	for _, md := range desc.MediaDescriptions {
@@ -297,8 +302,11 @@ func offerHasCodec(desc *sdp.SessionDescription, kind, mime string) bool {
 			if a.Key != "rtpmap" {
 				continue
 			}
-			_, enc, ok := strings.Cut(a.Value, " ")
-			if ok && strings.EqualFold(strings.SplitN(enc, "/", 2)[0], name) {
+			pt, enc, ok := strings.Cut(a.Value, " ")
+			if _, err := strconv.ParseUint(pt, 10, 7); !ok || err != nil || !slices.Contains(md.MediaName.Formats, pt) {
+				continue
+			}
+			if strings.EqualFold(strings.SplitN(enc, "/", 2)[0], name) {
 				return true
 			}
 		}
