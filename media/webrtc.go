@@ -319,7 +319,16 @@ func offerHasCodec(desc *sdp.SessionDescription, kind, mime string) bool {
 // carries them and clients need no trickle from the server.
 func answer(ctx context.Context, pc *webrtc.PeerConnection) (string, error) {
 	ans, err := pc.CreateAnswer(nil)
-	if err != nil {
+	switch {
+	case errors.Is(err, webrtc.ErrSenderWithNoCodecs):
+		// The offer names the codec, but none of its formats is one the
+		// track can send (for H.264: another packetization-mode).
+		return "", &BadOfferError{Reason: "none of the offer's formats is one this stream can send"}
+	case errors.Is(err, webrtc.ErrIncorrectSDPSemantics):
+		// Two sections with one mid read as Plan B, which WHIP and WHEP
+		// (unified plan) are not.
+		return "", &BadOfferError{Reason: "the offer is not unified plan (two media sections with one mid?)"}
+	case err != nil:
 		return "", fmt.Errorf("create answer: %w", err)
 	}
 	gathered := webrtc.GatheringCompletePromise(pc)

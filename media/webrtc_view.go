@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -130,17 +129,6 @@ func (w *WebRTC) Watch(ctx context.Context, s *Stream, offer string, hooks Viewe
 		d.track.addDownTrack(d)
 	}
 	ans, err := answer(ctx, pc)
-	if errors.Is(err, webrtc.ErrSenderWithNoCodecs) {
-		// The offer names the codec, but none of its formats is one the
-		// track can send (for H.264: another packetization-mode).
-		v.Close()
-		var sends []string
-		for _, t := range tracks {
-			c := t.Codec()
-			sends = append(sends, strings.TrimSpace(c.MimeType+" "+c.Fmtp))
-		}
-		return nil, "", &BadOfferError{Reason: "none of the offer's formats is one this stream can send (" + strings.Join(sends, ", ") + ")"}
-	}
 	if err != nil {
 		v.Close()
 		return nil, "", fmt.Errorf("whep: %w", err)
