@@ -78,21 +78,27 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-// confirmFailed counts a confirm that made no order: a buyer slower than
-// the reservation, a stale or foreign order id, or the store failing.
+// confirmFailed counts a confirm that made no order, by its error code.
 func (m *Metrics) confirmFailed(err error) {
-	reason := "store_unavailable"
+	m.confirmFailures.WithLabelValues(ConfirmFailure(err)).Inc()
+}
+
+// ConfirmFailure is the error code of a confirm that made no order, as
+// the API answers it and the metric counts it: a buyer slower than the
+// reservation, a stale or foreign order id, a cancelled order, or the
+// store failing.
+func ConfirmFailure(err error) string {
 	switch {
 	case errors.Is(err, ErrReservationExpired):
-		reason = "reservation_expired"
+		return "reservation_expired"
 	case errors.Is(err, ErrNotFound):
-		reason = "unknown_order"
+		return "unknown_order"
 	case errors.Is(err, ErrForeignViewer):
-		reason = "foreign_order"
+		return "foreign_order"
 	case errors.Is(err, ErrOrderClosed):
-		reason = "order_closed"
+		return "order_closed"
 	}
-	m.confirmFailures.WithLabelValues(reason).Inc()
+	return "store_unavailable"
 }
 
 func (m *Metrics) orderConfirmed(o Order) {

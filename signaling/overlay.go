@@ -548,17 +548,18 @@ func (s *Server) writeStoreUnavailable(w http.ResponseWriter, what string, err e
 }
 
 func confirmError(err error) (int, string, string) {
-	switch {
-	case errors.Is(err, overlay.ErrNotFound):
-		return http.StatusNotFound, "unknown_order", "no such order"
-	case errors.Is(err, overlay.ErrForeignViewer):
-		return http.StatusForbidden, "foreign_order", "this order belongs to another viewer"
-	case errors.Is(err, overlay.ErrReservationExpired):
-		return http.StatusGone, "reservation_expired", "the reservation ran out and the units went back on sale"
-	case errors.Is(err, overlay.ErrOrderClosed):
-		return http.StatusConflict, "order_closed", "the order was cancelled"
+	switch code := overlay.ConfirmFailure(err); code {
+	case "unknown_order":
+		return http.StatusNotFound, code, "no such order"
+	case "foreign_order":
+		return http.StatusForbidden, code, "this order belongs to another viewer"
+	case "reservation_expired":
+		return http.StatusGone, code, "the reservation ran out and the units went back on sale"
+	case "order_closed":
+		return http.StatusConflict, code, "the order was cancelled"
+	default:
+		return http.StatusServiceUnavailable, code, "the store did not answer; try again"
 	}
-	return http.StatusServiceUnavailable, "store_unavailable", "the store did not answer; try again"
 }
 
 // postBuy is the HTTP twin of the data channel's buy, for pages that prefer it.
