@@ -196,3 +196,41 @@ func samePrefs(a, b []webrtc.RTPCodecParameters) bool {
 	}
 	return true
 }
+
+// TestWatchFormatNotSent: a viewer whose offer lists H.264, but not in the
+// packetization mode the creator sends, is refused with a reason (400), not
+// failed while pion binds the track (500). FuzzOfferSession found it after
+// an input that published packetization-mode 0.
+func TestWatchFormatNotSent(t *testing.T) {
+	mm := NewMetrics(prometheus.NewRegistry())
+	log := slog.New(slog.DiscardHandler)
+	w, err := NewWebRTC(WebRTCConfig{ListenIP: "127.0.0.1", IncludeLoopback: true, TCPPort: -1}, mm, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	st := NewStream("fuzz", StreamOptions{}, mm, log)
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	modeZero := strings.Replace(fuzzBrowserOffer, "packetization-mode=1", "packetization-mode=0", 1)
+	modeZero = strings.Replace(modeZero, " 96\r\n", "\r\n", 1) // no VP8 to fall back on
+	pub, _, err := w.Publish(ctx, st, modeZero, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.End()
+	if c := st.Video.Codec(); c.MimeType != "video/H264" || fmtpValue(c.Fmtp, "packetization-mode") != "0" {
+		t.Fatalf("stream expects %s %q, want H.264 in packetization-mode 0", c.MimeType, c.Fmtp)
+	}
+	viewer := strings.ReplaceAll(fuzzBrowserOffer, "a=sendonly", "a=recvonly")
+	v, _, err := w.Watch(ctx, st, viewer, ViewerHooks{})
+	if v != nil {
+		v.Close()
+	}
+	var bad *BadOfferError
+	if !errors.As(err, &bad) {
+		t.Fatalf("watch with packetization-mode 1 only: %v, want a refusal of the offer", err)
+	}
+	t.Log(bad.Reason)
+}

@@ -318,12 +318,13 @@ func offerHasCodec(desc *sdp.SessionDescription, kind, mime string) bool {
 // server's candidates, which are local and known at once, so the answer
 // carries them and clients need no trickle from the server.
 func answer(ctx context.Context, pc *webrtc.PeerConnection) (string, error) {
+	noFormat := &BadOfferError{Reason: "none of the offer's formats is one this stream can send"}
 	ans, err := pc.CreateAnswer(nil)
 	switch {
 	case errors.Is(err, webrtc.ErrSenderWithNoCodecs):
 		// The offer names the codec, but none of its formats is one the
 		// track can send (for H.264: another packetization-mode).
-		return "", &BadOfferError{Reason: "none of the offer's formats is one this stream can send"}
+		return "", noFormat
 	case errors.Is(err, webrtc.ErrIncorrectSDPSemantics):
 		// Two sections with one mid read as Plan B, which WHIP and WHEP
 		// (unified plan) are not.
@@ -332,7 +333,12 @@ func answer(ctx context.Context, pc *webrtc.PeerConnection) (string, error) {
 		return "", fmt.Errorf("create answer: %w", err)
 	}
 	gathered := webrtc.GatheringCompletePromise(pc)
-	if err := pc.SetLocalDescription(ans); err != nil {
+	if err := pc.SetLocalDescription(ans); errors.Is(err, errNoCodec) {
+		// pion matched a format by codec name alone, and the down track
+		// found it is not the one the stream carries (H.264 in another
+		// packetization-mode than the creator's).
+		return "", noFormat
+	} else if err != nil {
 		return "", fmt.Errorf("set local description: %w", err)
 	}
 	select {
