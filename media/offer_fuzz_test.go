@@ -140,15 +140,7 @@ func FuzzOfferSession(f *testing.F) {
 	for _, seed := range offerSeeds {
 		f.Add(seed)
 	}
-	mm := NewMetrics(prometheus.NewRegistry())
-	log := slog.New(slog.DiscardHandler)
-	w, err := NewWebRTC(WebRTCConfig{ListenIP: "127.0.0.1", IncludeLoopback: true, TCPPort: -1}, mm, log)
-	if err != nil {
-		f.Fatal(err)
-	}
-	defer w.Close()
-	st := NewStream("fuzz", StreamOptions{}, mm, log)
-	defer st.Close()
+	w, st := loopbackStream(f)
 	f.Fuzz(func(t *testing.T, offer string) {
 		hung := time.AfterFunc(15*time.Second, func() {
 			buf := make([]byte, 1<<20)
@@ -170,6 +162,23 @@ func FuzzOfferSession(f *testing.F) {
 			<-v.Done()
 		}
 	})
+}
+
+// loopbackStream is a WebRTC bound to 127.0.0.1 and a stream, both closed
+// when the test ends.
+func loopbackStream(tb testing.TB) (*WebRTC, *Stream) {
+	mm := NewMetrics(prometheus.NewRegistry())
+	log := slog.New(slog.DiscardHandler)
+	w, err := NewWebRTC(WebRTCConfig{ListenIP: "127.0.0.1", IncludeLoopback: true, TCPPort: -1}, mm, log)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	st := NewStream("fuzz", StreamOptions{}, mm, log)
+	tb.Cleanup(func() {
+		st.Close()
+		w.Close()
+	})
+	return w, st
 }
 
 // refused fails the test unless err is nil or a *BadOfferError with a
@@ -202,15 +211,7 @@ func samePrefs(a, b []webrtc.RTPCodecParameters) bool {
 // failed while pion binds the track (500). FuzzOfferSession found it after
 // an input that published packetization-mode 0.
 func TestWatchFormatNotSent(t *testing.T) {
-	mm := NewMetrics(prometheus.NewRegistry())
-	log := slog.New(slog.DiscardHandler)
-	w, err := NewWebRTC(WebRTCConfig{ListenIP: "127.0.0.1", IncludeLoopback: true, TCPPort: -1}, mm, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	st := NewStream("fuzz", StreamOptions{}, mm, log)
-	defer st.Close()
+	w, st := loopbackStream(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	modeZero := strings.Replace(fuzzBrowserOffer, "packetization-mode=1", "packetization-mode=0", 1)
