@@ -35,11 +35,15 @@ test('a private stream plays for a signed-in shopper, who buys as the shop\'s sh
   await stranger.waitForFunction(() => document.querySelector('vitrine-player').state === 'private', null, { timeout: 10000 });
   assert.match(await stranger.evaluate(() => document.querySelector('vitrine-player').shadowRoot.querySelector('.status').textContent), /signed-in shoppers/);
 
-  // A shop page passes the token it signed.
+  // A shop page passes the token it signed. The page is loaded as a shop
+  // would serve it (setContent's document.write left the element without
+  // its class in Chromium 156.0.8078.129).
   const shop = await (await browser.newContext()).newPage();
-  await shop.goto(`${server.base}/healthz`);
-  await shop.setContent(`<!doctype html><script type="module" src="${server.base}/sdk/vitrine-player.js"></script>
-    <vitrine-player server="${server.base}" stream="demo" shopper-token="${shopperToken('cust-e2e-7')}"></vitrine-player>`);
+  const shopURL = `${server.base}/e2e-shop.html`;
+  await shop.route(shopURL, (route) => route.fulfill({ contentType: 'text/html', body: `<!doctype html>
+    <script type="module" src="${server.base}/sdk/vitrine-player.js"></script>
+    <vitrine-player server="${server.base}" stream="demo" shopper-token="${shopperToken('cust-e2e-7')}"></vitrine-player>` }));
+  await shop.goto(shopURL);
   await waitFor('the shopper decodes video', async () => ((await videoStats(shop))?.frames || 0) > 30, 20000);
   await shop.waitForSelector('vitrine-player .card:not([hidden]) .buy', { timeout: 10000 });
   await shop.click('vitrine-player .card .buy');
