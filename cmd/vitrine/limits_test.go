@@ -80,7 +80,9 @@ func TestLimitsPerAddress(t *testing.T) {
 	})
 	url := base + "/api/v1/streams/demo"
 
-	// 3,000 calls from 127.0.0.1 as fast as 16 workers go.
+	// 3,000 calls from 127.0.0.1 as fast as 16 workers go. Each refusal is
+	// checked as it comes (a call after the burst may find a token the
+	// bucket refilled meanwhile: one every 20 ms).
 	var ok, limited, other atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -88,12 +90,12 @@ func TestLimitsPerAddress(t *testing.T) {
 		wg.Go(func() {
 			for i := w; i < 3000; i += 16 {
 				res := getFrom(t, url, "")
-				io.Copy(io.Discard, res.Body)
+				body, _ := io.ReadAll(res.Body)
 				res.Body.Close()
 				switch {
 				case res.StatusCode == 200:
 					ok.Add(1)
-				case res.StatusCode == 429 && res.Header.Get("Retry-After") != "":
+				case res.StatusCode == 429 && res.Header.Get("Retry-After") != "" && strings.Contains(string(body), `"rate_limited"`):
 					limited.Add(1)
 				default:
 					other.Add(1)
@@ -107,12 +109,6 @@ func TestLimitsPerAddress(t *testing.T) {
 	t.Logf("3,000 calls in %s: %d served, %d refused with 429", took.Round(time.Millisecond), ok.Load(), limited.Load())
 	if ok.Load() < 100 || ok.Load() > allowed || other.Load() != 0 || ok.Load()+limited.Load() != 3000 {
 		t.Fatalf("%d served (budget %d), %d refused, %d other answers", ok.Load(), allowed, limited.Load(), other.Load())
-	}
-	res := getFrom(t, url, "")
-	body, _ := io.ReadAll(res.Body)
-	res.Body.Close()
-	if res.StatusCode != 429 || !strings.Contains(string(body), `"rate_limited"`) {
-		t.Errorf("spent budget: %d %s", res.StatusCode, body)
 	}
 	// Another address behind the trusted proxy has its own budget.
 	if res := getFrom(t, url, "198.51.100.9"); res.StatusCode != 200 {
