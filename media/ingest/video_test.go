@@ -174,7 +174,9 @@ func TestVideoTranscoderOrder(t *testing.T) {
 	tr, _ := newTestVideoTranscoder(t, "", out)
 	eventually(t, "ffmpeg running", 5*time.Second, tr.Running)
 	feedVideo(tr, aus, 5*time.Second)
-	eventually(t, "frames out", 3*time.Second, func() bool { return out.count() >= len(aus)-3 })
+	// A 720p re-encode lags on a 2-core machine busy with the rest of the
+	// suite: every frame must come out, not within a tight time.
+	eventually(t, "frames out", 15*time.Second, func() bool { return out.count() >= len(aus)-3 })
 	out.mu.Lock()
 	defer out.mu.Unlock()
 	if out.bSlices > 0 {
@@ -251,7 +253,9 @@ func TestVideoTranscoderCost(t *testing.T) {
 	wall := time.Since(start)
 	cpu := procCPU(t, pid) - cpu0
 	rss := procRSS(t, pid)
-	eventually(t, "frames out", 3*time.Second, func() bool { return out.count() >= len(aus)-3 })
+	// A 720p re-encode lags on a 2-core machine busy with the rest of the
+	// suite: every frame must come out, not within a tight time.
+	eventually(t, "frames out", 15*time.Second, func() bool { return out.count() >= len(aus)-3 })
 	idrs := len(out.keyframes())
 	out.mu.Lock()
 	lat := slices.Clone(out.latency)
@@ -284,7 +288,9 @@ func TestVideoTranscoderKeyframeOnRequest(t *testing.T) {
 				tr.Write(au.nalus, au.pts, au.idr)
 				time.Sleep(time.Until(start.Add(time.Duration(i+1) * time.Second / 30)))
 			}
-			eventually(t, "frames out", 3*time.Second, func() bool { return out.count() >= len(aus)-3 })
+			// A 720p re-encode lags on a 2-core machine busy with the rest of the
+			// suite: every frame must come out, not within a tight time.
+			eventually(t, "frames out", 15*time.Second, func() bool { return out.count() >= len(aus)-3 })
 			keys := out.keyframes()
 			if len(keys) != 3 || keys[0] != aus[0].pts {
 				t.Fatalf("IDRs out at %v, want at %v and soon after frames 40 and 85 (%v, %v)", keys, aus[0].pts, aus[40].pts, aus[85].pts)
