@@ -174,7 +174,7 @@ func TestVideoTranscoderOrder(t *testing.T) {
 	tr, _ := newTestVideoTranscoder(t, "", out)
 	eventually(t, "ffmpeg running", 5*time.Second, tr.Running)
 	feedVideo(tr, aus, 5*time.Second)
-	// A 720p re-encode lags on a 2-core machine busy with the rest of the
+	// The re-encode lags on a 2-core machine busy with the rest of the
 	// suite: every frame must come out, not within a tight time.
 	eventually(t, "frames out", 15*time.Second, func() bool { return out.count() >= len(aus)-3 })
 	out.mu.Lock()
@@ -253,7 +253,7 @@ func TestVideoTranscoderCost(t *testing.T) {
 	wall := time.Since(start)
 	cpu := procCPU(t, pid) - cpu0
 	rss := procRSS(t, pid)
-	// A 720p re-encode lags on a 2-core machine busy with the rest of the
+	// The re-encode lags on a 2-core machine busy with the rest of the
 	// suite: every frame must come out, not within a tight time.
 	eventually(t, "frames out", 15*time.Second, func() bool { return out.count() >= len(aus)-3 })
 	idrs := len(out.keyframes())
@@ -288,7 +288,7 @@ func TestVideoTranscoderKeyframeOnRequest(t *testing.T) {
 				tr.Write(au.nalus, au.pts, au.idr)
 				time.Sleep(time.Until(start.Add(time.Duration(i+1) * time.Second / 30)))
 			}
-			// A 720p re-encode lags on a 2-core machine busy with the rest of the
+			// The re-encode lags on a 2-core machine busy with the rest of the
 			// suite: every frame must come out, not within a tight time.
 			eventually(t, "frames out", 15*time.Second, func() bool { return out.count() >= len(aus)-3 })
 			keys := out.keyframes()
